@@ -1,0 +1,28 @@
+"""The only package that names array libraries: selection, devices, transfers, RNG, sync."""
+from backends.backend import Backend, dtype_name, float_dtype
+from backends.random import RandomStream
+from backends.selection import (
+    LIBRARIES,
+    BackendError,
+    available_backends,
+    current_backend,
+    get_backend,
+    use_backend,
+)
+from backends.transfer import asarray, library_of, to_numpy
+
+__all__ = [
+    "LIBRARIES",
+    "Backend",
+    "BackendError",
+    "RandomStream",
+    "asarray",
+    "available_backends",
+    "dtype_name",
+    "float_dtype",
+    "current_backend",
+    "get_backend",
+    "library_of",
+    "to_numpy",
+    "use_backend",
+]

@@ -1,0 +1,35 @@
+"""NumPy, through array-api-compat: the default backend, CPU only."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy
+
+from backends.library import Library
+
+
+class NumpyLibrary(Library):
+    name = "numpy"
+    description = "NumPy via array-api-compat (CPU)"
+
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    def namespace(self) -> Any:
+        import array_api_compat.numpy
+
+        return array_api_compat.numpy
+
+    def parse_device(self, spec: Any) -> Any:
+        if spec not in (None, "cpu"):
+            raise ValueError(f"device for backend 'numpy' must be 'cpu', got {spec!r}")
+        return "cpu"
+
+    def owns(self, x: Any) -> bool:
+        return isinstance(x, (numpy.ndarray, numpy.generic))
+
+    def to_host(self, x: Any) -> numpy.ndarray:
+        return numpy.asarray(x)
+
+    def from_host(self, x: numpy.ndarray, device: Any) -> Any:
+        return numpy.array(x, copy=True)

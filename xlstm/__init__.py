@@ -1,0 +1,42 @@
+"""xlstm: one LSTM written against the Python array API standard (NumPy, CuPy, ...).
+
+It follows TensorFlow 1's `LayerNormBasicLSTMCell` and `dynamic_rnn`; see README.md.
+"""
+from backends import (
+    Backend,
+    BackendError,
+    asarray,
+    available_backends,
+    current_backend,
+    to_numpy,
+    use_backend,
+)
+from xlstm import init
+from xlstm.cell import LSTMCell, LSTMState
+from xlstm.dense import Dense
+from xlstm.functional import log_softmax, one_hot, sigmoid, softmax
+from xlstm.losses import sequence_loss, softmax_cross_entropy
+from xlstm.rnn import dynamic_rnn
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "Dense",
+    "LSTMCell",
+    "LSTMState",
+    "asarray",
+    "available_backends",
+    "current_backend",
+    "dynamic_rnn",
+    "init",
+    "log_softmax",
+    "one_hot",
+    "sequence_loss",
+    "sigmoid",
+    "softmax",
+    "softmax_cross_entropy",
+    "to_numpy",
+    "use_backend",
+]

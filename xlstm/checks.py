@@ -1,0 +1,92 @@
+"""Input validation: every public function checks its arguments here before any work.
+
+Each check raises a `TypeError` or `ValueError` that names the argument and says what
+was expected and what was given.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+from backends import float_dtype, library_of
+
+
+def namespace_of(**arrays: Any) -> Any:
+    """The shared array namespace of the named arrays (None values are skipped).
+
+    Arrays of two libraries are a TypeError and arrays on two devices a ValueError,
+    both naming the arguments, since nothing is moved behind the user's back.
+    """
+    named = {name: x for name, x in arrays.items() if x is not None}
+    libraries: dict[str, str] = {}
+    for name, x in named.items():
+        library = library_of(x)
+        if library is None:
+            raise TypeError(
+                f"{name} must be an array of a known backend (numpy, cupy, torch, array_api_strict), "
+                f"got {type(x).__name__}; convert it with xlstm.asarray"
+            )
+        libraries[name] = library.name
+    _refuse_mixture(libraries, TypeError, "are arrays of different libraries")
+    devices = {name: array_api_compat.device(x) for name, x in named.items()}
+    _refuse_mixture(devices, ValueError, "are on different devices")
+    return array_api_compat.array_namespace(*named.values())
+
+
+def _refuse_mixture(values: dict[str, Any], error: type[Exception], what: str) -> None:
+    first_name, first = next(iter(values.items()))
+    for name, value in values.items():
+        if value != first:
+            raise error(
+                f"{first_name} and {name} {what} ({first} and {value}); "
+                "move one explicitly with xlstm.asarray(..., backend=..., device=...)"
+            )
+
+
+__all__ = ["float_dtype"]  # re-exported: xlstm code resolves dtypes through checks
+
+
+def device_of(x: Any) -> Any:
+    """The device an array lives on."""
+    return array_api_compat.device(x)
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """`value` as an int, or a ValueError when it is not a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_shape(name: str, x: Any, expected: tuple[Any, ...], what: str = "") -> None:
+    """Check rank and the known sizes of `x`; `None` in `expected` accepts any size."""
+    shape = tuple(x.shape)
+    matches = len(shape) == len(expected) and all(e is None or e == s for e, s in zip(expected, shape))
+    if not matches:
+        wanted = "[" + ", ".join("?" if e is None else str(e) for e in expected) + "]"
+        suffix = f" ({what})" if what else ""
+        raise ValueError(f"{name} must have shape {wanted}{suffix}, got {list(shape)}")
+
+
+def check_float(name: str, x: Any, xp: Any, dtype: Any = None) -> None:
+    """`x` must be a real floating array, and of `dtype` when one is given."""
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (the model's), got {x.dtype}; cast it with xlstm.asarray(..., dtype=...)")
+
+
+def check_integer(name: str, x: Any, xp: Any) -> None:
+    """`x` must be an integer array."""
+    if not xp.isdtype(x.dtype, "integral"):
+        raise TypeError(f"{name} must be an integer array, got dtype {x.dtype}")
+
+
+def check_range(name: str, x: Any, xp: Any, low: int, high: int, what: str) -> None:
+    """Every element of integer array `x` must lie in [low, high]."""
+    if x.size == 0:
+        return
+    smallest, largest = int(xp.min(x)), int(xp.max(x))
+    if smallest < low or largest > high:
+        raise ValueError(f"{name} must lie in [{low}, {high}] ({what}), got values from {smallest} to {largest}")
