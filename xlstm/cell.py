@@ -255,7 +255,7 @@ class LSTMCell:
         extras = ", layer_norm=True" if self.layer_norm else ""
         return (
             f"LSTMCell(num_units={self.num_units}, input_size={self.input_size}{extras}, "
-            f"backend={self.backend.name!r}, device={device_of(self.weights)!r}, dtype={self.dtype})"
+            f"backend={self.backend.name!r}, device={device_of(self.weights)!r}, dtype={dtype_name(self.dtype)})"
         )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import array_api_compat
 
-from backends import float_dtype, library_of
+from backends import dtype_name, float_dtype, library_of
 
 
 def namespace_of(**arrays: Any) -> Any:
@@ -72,15 +72,18 @@ def check_shape(name: str, x: Any, expected: tuple[Any, ...], what: str = "") ->
 def check_float(name: str, x: Any, xp: Any, dtype: Any = None) -> None:
     """`x` must be a real floating array, and of `dtype` when one is given."""
     if not xp.isdtype(x.dtype, "real floating"):
-        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}")
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {dtype_name(x.dtype)}")
     if dtype is not None and x.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype} (the model's), got {x.dtype}; cast it with xlstm.asarray(..., dtype=...)")
+        raise TypeError(
+            f"{name} must have dtype {dtype_name(dtype)} (the model's), got {dtype_name(x.dtype)}; "
+            "cast it with xlstm.asarray(..., dtype=...)"
+        )
 
 
 def check_integer(name: str, x: Any, xp: Any) -> None:
     """`x` must be an integer array."""
     if not xp.isdtype(x.dtype, "integral"):
-        raise TypeError(f"{name} must be an integer array, got dtype {x.dtype}")
+        raise TypeError(f"{name} must be an integer array, got dtype {dtype_name(x.dtype)}")
 
 
 def check_range(name: str, x: Any, xp: Any, low: int, high: int, what: str) -> None:

@@ -66,4 +66,4 @@ class Dense:
 
     def __repr__(self) -> str:
         return (f"Dense(units={self.units}, input_size={self.input_size}, backend={self.backend.name!r}, "
-                f"device={device_of(self.kernel)!r}, dtype={self.dtype})")
+                f"device={device_of(self.kernel)!r}, dtype={dtype_name(self.dtype)})")
