@@ -5,6 +5,7 @@ whether it can actually run, so that is what decides usability.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy
@@ -45,11 +46,8 @@ class CupyLibrary(Library):
         return cupy.cuda.Device(int(text))
 
     def owns(self, x: Any) -> bool:
-        try:
-            import cupy
-        except ImportError:
-            return False
-        return isinstance(x, cupy.ndarray)
+        cupy = sys.modules.get("cupy")  # no CuPy array can exist before cupy is imported
+        return cupy is not None and isinstance(x, cupy.ndarray)
 
     def to_host(self, x: Any) -> numpy.ndarray:
         return x.get()

@@ -12,10 +12,7 @@ from backends.selection import LIBRARIES, get_backend
 
 def library_of(x: Any) -> Library | None:
     """The library an array belongs to, or None for lists, scalars and unknown objects."""
-    for library in LIBRARIES.values():
-        if library.unavailable_reason() is None and library.owns(x):
-            return library
-    return None
+    return next((library for library in LIBRARIES.values() if library.owns(x)), None)
 
 
 def to_numpy(x: Any) -> numpy.ndarray:

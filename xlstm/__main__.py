@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):  # the walkthrough prints σ, ⊙, ᵀ: never crash on them
+        sys.stdout.reconfigure(errors="replace")
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
