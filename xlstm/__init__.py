@@ -15,8 +15,8 @@ from xlstm import init
 from xlstm.cell import LSTMCell, LSTMState
 from xlstm.dense import Dense
 from xlstm.functional import log_softmax, one_hot, sigmoid, softmax
-from xlstm.losses import sequence_loss, softmax_cross_entropy
-from xlstm.rnn import dynamic_rnn
+from xlstm.losses import sequence_loss, sequence_loss_vjp, softmax_cross_entropy, softmax_cross_entropy_vjp
+from xlstm.rnn import dynamic_rnn, dynamic_rnn_vjp
 
 __version__ = "0.1.0"
 
@@ -30,13 +30,16 @@ __all__ = [
     "available_backends",
     "current_backend",
     "dynamic_rnn",
+    "dynamic_rnn_vjp",
     "init",
     "log_softmax",
     "one_hot",
     "sequence_loss",
+    "sequence_loss_vjp",
     "sigmoid",
     "softmax",
     "softmax_cross_entropy",
+    "softmax_cross_entropy_vjp",
     "to_numpy",
     "use_backend",
 ]

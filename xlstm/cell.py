@@ -227,6 +227,12 @@ class LSTMCell:
             a = a + bias
         return lstm_step(a, state.c, self.settings, self.norm_gain, self.norm_shift, dropout_mask)
 
+    def parameters(self) -> dict[str, Any]:
+        """The trainable arrays, keyed like the gradients of `dynamic_rnn_vjp`."""
+        if self.layer_norm:
+            return {"weights": self.weights, "norm_gain": self.norm_gain, "norm_shift": self.norm_shift}
+        return {"weights": self.weights}
+
     def config(self) -> dict[str, Any]:
         """The constructor's settings (without arrays), to rebuild or save the cell."""
         return {

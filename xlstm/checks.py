@@ -5,6 +5,7 @@ was expected and what was given.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import array_api_compat
@@ -88,7 +89,7 @@ def check_integer(name: str, x: Any, xp: Any) -> None:
 
 def check_range(name: str, x: Any, xp: Any, low: int, high: int, what: str) -> None:
     """Every element of integer array `x` must lie in [low, high]."""
-    if x.size == 0:
+    if math.prod(x.shape) == 0:
         return
     smallest, largest = int(xp.min(x)), int(xp.max(x))
     if smallest < low or largest > high:

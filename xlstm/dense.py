@@ -1,7 +1,8 @@
 """`Dense`: the output projection y = x @ kernel + bias (the article's h·Wy + by)."""
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable
 
 from backends import Backend, asarray, dtype_name, get_backend
 from xlstm import init
@@ -48,12 +49,36 @@ class Dense:
 
     def __call__(self, x: Any) -> Any:
         """x [..., in] → x @ kernel + bias, [..., units]."""
+        self._check_inputs(x)
+        return x @ self.kernel + self.bias
+
+    def vjp(self, x: Any) -> tuple[Any, Callable[[Any], dict[str, Any]]]:
+        """y = self(x) and `backward(dy)` → {"kernel", "bias", "inputs"} gradients."""
+        xp = self._check_inputs(x)
+        y = x @ self.kernel + self.bias
+        rows = math.prod(x.shape[:-1])
+
+        def backward(dy: Any) -> dict[str, Any]:
+            namespace_of(dy=dy, y=y)
+            check_shape("dy", dy, tuple(y.shape), "like the layer's output")
+            flat_dy = xp.reshape(dy, (rows, self.units))
+            flat_x = xp.reshape(x, (rows, self.input_size))
+            return {"kernel": xp.matrix_transpose(flat_x) @ flat_dy, "bias": xp.sum(flat_dy, axis=0),
+                    "inputs": dy @ xp.matrix_transpose(self.kernel)}
+
+        return y, backward
+
+    def _check_inputs(self, x: Any) -> Any:
         xp = namespace_of(x=x, kernel=self.kernel)
         check_float("x", x, xp, self.dtype)
         if x.ndim < 1 or x.shape[-1] != self.input_size:
             raise ValueError(f"x must have its last axis equal to the layer's input_size {self.input_size}, "
                              f"got shape {list(x.shape)}")
-        return x @ self.kernel + self.bias
+        return xp
+
+    def parameters(self) -> dict[str, Any]:
+        """The trainable arrays, keyed like the gradients of `vjp`."""
+        return {"kernel": self.kernel, "bias": self.bias}
 
     def config(self) -> dict[str, Any]:
         """The constructor's settings (without arrays)."""

@@ -1,12 +1,66 @@
-"""Softmax cross-entropy with TensorFlow's semantics, for one step or a whole sequence."""
+"""Softmax cross-entropy with TensorFlow's semantics, for one step or a whole sequence,
+and their vector–Jacobian products (d loss / d logits = softmax − one-hot, weighted)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from xlstm.checks import check_float, check_integer, check_range, check_shape, device_of, namespace_of
 from xlstm.functional import log_softmax
 
 REDUCTIONS = ("none", "sum", "mean")
+SEQUENCE_EPSILON = 1e-12  # TensorFlow's sequence_loss adds it to the sum of weights
+
+
+class _Scored(NamedTuple):
+    """Per-row losses and what their gradient needs."""
+
+    xp: Any
+    losses: Any  # -log p(label), the labels' shape
+    log_probabilities: Any  # [..., V]
+    chosen: Any  # [..., V] booleans, True at the label
+    weights: Any  # the labels' shape, the logits' dtype
+
+
+def _score(logits: Any, labels: Any, weights: Any) -> _Scored:
+    """Check logits, labels and weights; compute every row's cross-entropy."""
+    xp = namespace_of(logits=logits, labels=labels, weights=weights)
+    check_float("logits", logits, xp)
+    if logits.ndim < 1:
+        raise ValueError("logits must have a class axis, got a scalar")
+    check_integer("labels", labels, xp)
+    check_shape("labels", labels, tuple(logits.shape[:-1]), "logits' shape without its class axis")
+    classes = logits.shape[-1]
+    check_range("labels", labels, xp, 0, classes - 1, f"class indices for {classes} classes")
+    if weights is None:
+        weights = xp.ones(tuple(labels.shape), dtype=logits.dtype, device=device_of(logits))
+    else:
+        check_float("weights", weights, xp)
+        check_shape("weights", weights, tuple(labels.shape), "same shape as the labels")
+        weights = xp.astype(weights, logits.dtype)
+    chosen = labels[..., None] == xp.arange(classes, device=device_of(logits))
+    log_probabilities = log_softmax(logits)
+    losses = -xp.sum(xp.where(chosen, log_probabilities, xp.zeros_like(log_probabilities)), axis=-1)
+    return _Scored(xp, losses, log_probabilities, chosen, weights)
+
+
+def _logits_gradient(scored: _Scored, row_scale: Any) -> Any:
+    """d Σ row_scale·loss / d logits = (softmax − one-hot) · row_scale."""
+    xp = scored.xp
+    one_hot = xp.astype(scored.chosen, scored.log_probabilities.dtype)
+    return (xp.exp(scored.log_probabilities) - one_hot) * row_scale[..., None]
+
+
+def _reduce(scored: _Scored, reduction: str) -> tuple[Any, Any]:
+    """The reduced loss and each row's weight in it (d loss / d row loss)."""
+    xp, weights = scored.xp, scored.weights
+    if reduction == "none":
+        return scored.losses * weights, weights
+    if reduction == "sum":
+        return xp.sum(scored.losses * weights), weights
+    total = xp.sum(weights)
+    nonzero = total != 0  # all weights zero: the mean is 0, and so is its gradient
+    scale = xp.where(nonzero, weights / xp.where(nonzero, total, xp.ones_like(total)), xp.zeros_like(weights))
+    return xp.sum(scored.losses * scale), scale
 
 
 def softmax_cross_entropy(logits: Any, labels: Any, weights: Any = None, reduction: str = "mean") -> Any:
@@ -16,23 +70,19 @@ def softmax_cross_entropy(logits: Any, labels: Any, weights: Any = None, reducti
     reduction: "none" (per-row losses, times weights), "sum" (Σ w·loss) or
     "mean" (Σ w·loss / Σ w; 0 when all weights are 0).
     """
+    return softmax_cross_entropy_vjp(logits, labels, weights, reduction)[0]
+
+
+def softmax_cross_entropy_vjp(
+    logits: Any, labels: Any, weights: Any = None, reduction: str = "mean"
+) -> tuple[Any, Callable[..., Any]]:
+    """The loss and `backward(cotangent=None)` → d loss / d logits (cotangent 1 by default)."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    xp = namespace_of(logits=logits, labels=labels, weights=weights)
-    losses = _per_row_losses(logits, labels, xp)
-    if weights is None:
-        weights = xp.ones_like(losses)
-    else:
-        check_float("weights", weights, xp)
-        check_shape("weights", weights, tuple(labels.shape), "same shape as labels")
-        weights = xp.astype(weights, logits.dtype)
-    weighted = losses * weights
-    if reduction == "none":
-        return weighted
-    total = xp.sum(weighted)
-    if reduction == "sum":
-        return total
-    return _safe_divide(total, xp.sum(weights), xp)
+    scored = _score(logits, labels, weights)
+    loss, row_scale = _reduce(scored, reduction)
+    reduced_axes = () if reduction == "none" else tuple(range(scored.losses.ndim))
+    return loss, _backward_with_cotangent(scored, loss, row_scale, reduced_axes)
 
 
 def sequence_loss(
@@ -47,35 +97,47 @@ def sequence_loss(
     Averaging over an axis divides the weighted sum by the sum of weights along it
     (plus TensorFlow's 1e-12); without averaging the losses keep that axis.
     """
-    xp = namespace_of(logits=logits, targets=targets, weights=weights)
+    return sequence_loss_vjp(logits, targets, weights, average_across_timesteps, average_across_batch)[0]
+
+
+def sequence_loss_vjp(
+    logits: Any,
+    targets: Any,
+    weights: Any,
+    average_across_timesteps: bool = True,
+    average_across_batch: bool = True,
+) -> tuple[Any, Callable[..., Any]]:
+    """`sequence_loss` and `backward(cotangent=None)` → d loss / d logits."""
     check_shape("logits", logits, (None, None, None), "[batch, time, vocabulary]")
-    losses = _per_row_losses(logits, targets, xp)
-    check_float("weights", weights, xp)
-    check_shape("weights", weights, tuple(targets.shape), "[batch, time], like targets")
-    weights = xp.astype(weights, logits.dtype)
-    weighted = losses * weights
+    if weights is None:
+        raise TypeError("weights must be a [batch, time] float array (sequence_loss requires it), got None")
+    scored = _score(logits, targets, weights)
+    xp = scored.xp
     axes = tuple(axis for axis, average in ((0, average_across_batch), (1, average_across_timesteps)) if average)
-    if not axes:
-        return weighted
-    return xp.sum(weighted, axis=axes) / (xp.sum(weights, axis=axes) + 1e-12)
+    if axes:
+        denominator = xp.sum(scored.weights, axis=axes, keepdims=True) + SEQUENCE_EPSILON
+        row_scale = scored.weights / denominator
+        loss = xp.sum(scored.losses * row_scale, axis=axes)
+    else:
+        row_scale = scored.weights
+        loss = scored.losses * row_scale
+    return loss, _backward_with_cotangent(scored, loss, row_scale, axes)
 
 
-def _per_row_losses(logits: Any, labels: Any, xp: Any) -> Any:
-    """Checks logits and labels, then returns -log p(label) with the labels' shape."""
-    check_float("logits", logits, xp)
-    if logits.ndim < 1:
-        raise ValueError("logits must have a class axis, got a scalar")
-    check_integer("labels", labels, xp)
-    check_shape("labels", labels, tuple(logits.shape[:-1]), "logits' shape without its class axis")
-    classes = logits.shape[-1]
-    check_range("labels", labels, xp, 0, classes - 1, f"class indices for {classes} classes")
-    chosen = labels[..., None] == xp.arange(classes, device=device_of(logits))
-    log_probabilities = log_softmax(logits)
-    return -xp.sum(xp.where(chosen, log_probabilities, xp.zeros_like(log_probabilities)), axis=-1)
+def _backward_with_cotangent(scored: _Scored, loss: Any, row_scale: Any,
+                             reduced_axes: tuple[int, ...]) -> Callable[..., Any]:
+    """backward(cotangent) for a loss that is the Σ over `reduced_axes` of row_scale·row loss."""
+    xp = scored.xp
+    # The cotangent has the loss's shape; size-1 axes where the rows were summed let it broadcast.
+    broadcast_shape = tuple(1 if axis in reduced_axes else size for axis, size in enumerate(row_scale.shape))
 
+    def backward(cotangent: Any = None) -> Any:
+        if cotangent is None:
+            return _logits_gradient(scored, row_scale)
+        if isinstance(cotangent, (int, float)) and not isinstance(cotangent, bool):
+            return _logits_gradient(scored, row_scale * float(cotangent))
+        namespace_of(cotangent=cotangent, loss=loss)
+        check_shape("cotangent", cotangent, tuple(loss.shape), "like the loss")
+        return _logits_gradient(scored, row_scale * xp.reshape(cotangent, broadcast_shape))
 
-def _safe_divide(numerator: Any, denominator: Any, xp: Any) -> Any:
-    """numerator / denominator, and 0 where the denominator is 0."""
-    nonzero = denominator != 0
-    safe = xp.where(nonzero, denominator, xp.ones_like(denominator))
-    return xp.where(nonzero, numerator / safe, xp.zeros_like(numerator))
+    return backward

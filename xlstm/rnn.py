@@ -1,11 +1,26 @@
-"""`dynamic_rnn`: unroll a cell over a sequence, like TensorFlow's `tf.nn.dynamic_rnn`."""
+"""`dynamic_rnn`: unroll a cell over a sequence, like TensorFlow's `tf.nn.dynamic_rnn`,
+and `dynamic_rnn_vjp`, the same forward pass plus backpropagation through time."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
-from backends import asarray
+from backends import asarray, library_of
 from xlstm.cell import LSTMCell, LSTMState, lstm_step
+from xlstm.cell_grad import lstm_step_vjp
 from xlstm.checks import check_integer, check_range, check_shape, device_of, namespace_of
+
+
+class Unrolled(NamedTuple):
+    """A checked, time-major view of one dynamic_rnn call and what its forward computed."""
+
+    xp: Any
+    inputs: Any  # [T, B, I]
+    outputs: Any  # [T, B, H]
+    final_state: LSTMState
+    valid: Any  # [T, B, 1] booleans, or None without sequence_length
+    masks: Any  # [T, B, H] dropout masks, or None
+    preactivations: list  # a_t, [B, 4H] each (kept only for the backward pass)
+    states: list  # the state entering each step (kept only for the backward pass)
 
 
 def dynamic_rnn(
@@ -21,6 +36,34 @@ def dynamic_rnn(
     With `sequence_length` [B], row b's outputs past its length are zero and its state
     stops changing there, so `final_state` holds each row's state at its own last step.
     """
+    run = _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_backward=False)
+    return _batch_major(run.xp, run.outputs, time_major), run.final_state
+
+
+def dynamic_rnn_vjp(
+    cell: LSTMCell,
+    inputs: Any,
+    initial_state: LSTMState | None = None,
+    sequence_length: Any = None,
+    time_major: bool = False,
+) -> tuple[Any, LSTMState, Callable[..., dict[str, Any]]]:
+    """`dynamic_rnn` plus a `backward(d_outputs, d_final_state)` closure (BPTT).
+
+    `backward` takes the gradients of a loss w.r.t. the outputs and the final state
+    (either may be None, meaning zero) and returns a dict: "weights" (and "norm_gain",
+    "norm_shift" under layer norm) shaped like the parameters, "inputs" shaped like the
+    inputs and "initial_state" (an LSTMState). Padded steps pass no gradient.
+    """
+    run = _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_backward=True)
+
+    def backward(d_outputs: Any = None, d_final_state: LSTMState | None = None) -> dict[str, Any]:
+        return _backpropagate(cell, run, d_outputs, d_final_state, time_major)
+
+    return _batch_major(run.xp, run.outputs, time_major), run.final_state, backward
+
+
+def _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_backward) -> Unrolled:
+    """Check the arguments, then run the time loop once (shared by forward and vjp)."""
     if not isinstance(cell, LSTMCell):
         raise TypeError(f"cell must be an xlstm.LSTMCell, got {type(cell).__name__}")
     xp = namespace_of(inputs=inputs, weights=cell.weights)
@@ -30,7 +73,7 @@ def dynamic_rnn(
     steps, batch = x.shape[0], x.shape[1]
     state = cell.zero_state(batch) if initial_state is None else cell.check_state("initial_state", initial_state, batch, xp)
     namespace_of(inputs=inputs, initial_state_c=state.c, initial_state_h=state.h)
-    valid = _valid_steps(sequence_length, steps, batch, inputs, xp)  # [T, B, 1] booleans, or None
+    valid = _valid_steps(sequence_length, steps, batch, inputs, xp)
 
     bias, input_weights, recurrent_weights = cell.split_weights()
     # The input projection of all steps at once: one [T·B, I] × [I, 4H] matmul.
@@ -38,17 +81,20 @@ def dynamic_rnn(
         xp.reshape(x, (steps * batch, cell.input_size)) @ xp.matrix_transpose(input_weights),
         (steps, batch, 4 * cell.num_units),
     )
-    if not cell.layer_norm:
+    if not cell.layer_norm:  # under layer norm the norm's shift plays the bias
         x_projected = x_projected + bias
     recurrent_t = xp.matrix_transpose(recurrent_weights)  # [H, 4H], transposed once
     masks = cell.dropout_masks((steps, batch, cell.num_units))
     settings = cell.settings
 
-    outputs = []
+    outputs, preactivations, states = [], [], []
     for t in range(steps):
-        mask = None if masks is None else masks[t, ...]
-        values = lstm_step(x_projected[t, ...] + state.h @ recurrent_t, state.c, settings,
-                           cell.norm_gain, cell.norm_shift, mask)
+        a = x_projected[t, ...] + state.h @ recurrent_t  # [B, 4H]
+        values = lstm_step(a, state.c, settings, cell.norm_gain, cell.norm_shift,
+                           None if masks is None else masks[t, ...])
+        if keep_for_backward:
+            preactivations.append(a)
+            states.append(state)
         if valid is None:
             state = LSTMState(values.c, values.h)
             outputs.append(values.h)
@@ -58,7 +104,72 @@ def dynamic_rnn(
             outputs.append(xp.where(keep, values.h, xp.zeros_like(values.h)))
     stacked = xp.stack(outputs, axis=0) if outputs else xp.zeros(
         (0, batch, cell.num_units), dtype=cell.dtype, device=device_of(inputs))
-    return (stacked if time_major else xp.permute_dims(stacked, (1, 0, 2))), state
+    return Unrolled(xp, x, stacked, state, valid, masks, preactivations, states)
+
+
+def _backpropagate(cell: LSTMCell, run: Unrolled, d_outputs: Any, d_final_state: Any, time_major: bool) -> dict:
+    """Walk the steps backwards, then form the weight gradients with one matmul each."""
+    xp, x = run.xp, run.inputs
+    steps, batch, units = x.shape[0], x.shape[1], cell.num_units
+    zeros = xp.zeros((batch, units), dtype=cell.dtype, device=device_of(x))
+    d_out = _checked_cotangent("d_outputs", d_outputs, run, time_major)
+    if d_final_state is None:
+        dc, dh = zeros, zeros
+    else:
+        dc, dh = cell.check_state("d_final_state", d_final_state, batch, xp)
+    _, input_weights, recurrent_weights = cell.split_weights()
+    d_gain = d_shift = None
+    d_preactivations = [None] * steps
+    for t in reversed(range(steps)):
+        dh_step, dc_step = (dh if d_out is None else dh + d_out[t, ...]), dc
+        if run.valid is not None:  # a padded step passes its state's gradient straight through
+            keep = run.valid[t, ...]
+            dh_step, dc_step = xp.where(keep, dh_step, zeros), xp.where(keep, dc_step, zeros)
+            dh_skip, dc_skip = xp.where(keep, zeros, dh), xp.where(keep, zeros, dc)
+        grads = lstm_step_vjp(run.preactivations[t], run.states[t].c, dh_step, dc_step, cell.settings,
+                              cell.norm_gain, cell.norm_shift, None if run.masks is None else run.masks[t, ...])
+        d_preactivations[t] = grads.preactivations
+        dh, dc = grads.preactivations @ recurrent_weights, grads.c_prev
+        if run.valid is not None:
+            dh, dc = dh + dh_skip, dc + dc_skip
+        if cell.layer_norm:
+            d_gain = grads.norm_gain if d_gain is None else d_gain + grads.norm_gain
+            d_shift = grads.norm_shift if d_shift is None else d_shift + grads.norm_shift
+
+    rows = steps * batch
+    d_a = xp.reshape(xp.stack(d_preactivations, axis=0), (rows, 4 * units)) if steps else xp.zeros(
+        (0, 4 * units), dtype=cell.dtype, device=device_of(x))
+    previous_h = xp.reshape(xp.stack([s.h for s in run.states], axis=0), (rows, units)) if steps else xp.zeros(
+        (0, units), dtype=cell.dtype, device=device_of(x))
+    d_a_t = xp.matrix_transpose(d_a)  # [4H, T·B]
+    d_bias = xp.zeros((4 * units,), dtype=cell.dtype, device=device_of(x)) if cell.layer_norm else xp.sum(d_a, axis=0)
+    d_weights = xp.concat([d_bias[:, None], d_a_t @ xp.reshape(x, (rows, cell.input_size)), d_a_t @ previous_h],
+                          axis=1)
+    d_inputs = xp.reshape(d_a @ input_weights, (steps, batch, cell.input_size))
+    result = {"weights": d_weights, "inputs": _batch_major(xp, d_inputs, time_major),
+              "initial_state": LSTMState(dc, dh)}
+    if cell.layer_norm:
+        no_steps = xp.zeros_like(cell.norm_gain)
+        result["norm_gain"] = no_steps if d_gain is None else d_gain
+        result["norm_shift"] = no_steps if d_shift is None else d_shift
+    return result
+
+
+def _checked_cotangent(name: str, d_outputs: Any, run: Unrolled, time_major: bool) -> Any:
+    """d_outputs as a time-major [T, B, H] array of the outputs' backend and dtype, or None."""
+    if d_outputs is None:
+        return None
+    xp = namespace_of(**{name: d_outputs, "outputs": run.outputs})
+    expected = tuple(run.outputs.shape)
+    check_shape(name, d_outputs, expected if time_major else (expected[1], expected[0], expected[2]),
+                "like the outputs")
+    if d_outputs.dtype != run.outputs.dtype:
+        raise TypeError(f"{name} must have the outputs' dtype {run.outputs.dtype}, got {d_outputs.dtype}")
+    return d_outputs if time_major else xp.permute_dims(d_outputs, (1, 0, 2))
+
+
+def _batch_major(xp: Any, time_major_array: Any, time_major: bool) -> Any:
+    return time_major_array if time_major else xp.permute_dims(time_major_array, (1, 0, 2))
 
 
 def _valid_steps(sequence_length: Any, steps: int, batch: int, like: Any, xp: Any) -> Any:
@@ -66,16 +177,10 @@ def _valid_steps(sequence_length: Any, steps: int, batch: int, like: Any, xp: An
     if sequence_length is None:
         return None
     if isinstance(sequence_length, (list, tuple)):
-        sequence_length = asarray(sequence_length, backend=_backend_name(like), device=device_of(like))
+        sequence_length = asarray(sequence_length, backend=library_of(like).name, device=device_of(like))
     namespace_of(inputs=like, sequence_length=sequence_length)
     check_integer("sequence_length", sequence_length, xp)
     check_shape("sequence_length", sequence_length, (batch,), "one length per batch row")
     check_range("sequence_length", sequence_length, xp, 0, steps, "number of time steps")
     positions = xp.arange(steps, device=device_of(like))
     return (positions[:, None] < sequence_length[None, :])[:, :, None]
-
-
-def _backend_name(x: Any) -> str:
-    from backends import library_of
-
-    return library_of(x).name

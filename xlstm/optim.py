@@ -1,0 +1,285 @@
+"""Optimisers (SGD, Adam, AdamW) and gradient clipping, written against the array API.
+
+Parameters and gradients are dicts name → array with the same keys, e.g.
+`{"weights": W, "kernel": K, "bias": b}`; the names are opaque strings. `step` is
+functional: it returns new parameter arrays and never writes into the caller's arrays
+(the standard has no guaranteed in-place operations). The update rules are PyTorch's
+(`torch.optim.SGD`, `Adam`, `AdamW`), formula for formula.
+
+    optimizer = xlstm.optim.Adam(learning_rate=1e-3)
+    grads, norm = xlstm.optim.clip_by_global_norm(grads, 5.0)
+    params = optimizer.step(params, grads)
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable
+
+from xlstm.checks import check_float, namespace_of
+
+STATE_KEYS = ("optimizer", "hyperparameters", "step", "state")
+
+
+class Optimizer:
+    """What every optimiser shares: input checks, per-parameter buffers, step count, state_dict.
+
+    A subclass sets `buffer_names` and implements `hyperparameters()` and `_update()`.
+    """
+
+    buffer_names: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.step_count = 0                          # steps taken so far
+        self.state: dict[str, dict[str, Any]] = {}   # parameter name → {buffer name → array}
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor's arguments, as plain Python values."""
+        raise NotImplementedError
+
+    def _update(self, xp: Any, param: Any, grad: Any, buffers: dict[str, Any], step: int) -> tuple[Any, dict]:
+        """One parameter's update: (new parameter, its new buffers)."""
+        raise NotImplementedError
+
+    def step(self, params: dict[str, Any], grads: dict[str, Any]) -> dict[str, Any]:
+        """Apply one update and return the new parameters (a new dict of new arrays)."""
+        xp = self._check_step(params, grads)
+        step = self.step_count + 1
+        new_params, new_state = {}, {}
+        for name, param in params.items():
+            new_params[name], buffers = self._update(xp, param, grads[name], self.state.get(name, {}), step)
+            if buffers:
+                new_state[name] = buffers
+        self.step_count, self.state = step, new_state
+        return new_params
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: kind, hyperparameters, step count, buffers by parameter name.
+
+        The buffers are the optimiser's own arrays, shared rather than copied (nothing here
+        changes an array in place); a checkpoint writer may convert them with `xlstm.to_numpy`.
+        """
+        return {
+            "optimizer": type(self).__name__,
+            "hyperparameters": self.hyperparameters(),
+            "step": self.step_count,
+            "state": {name: dict(buffers) for name, buffers in self.state.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (its arrays on the backend of the parameters to come)."""
+        kind = type(self).__name__
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from {kind}.state_dict(), got {type(state).__name__}")
+        missing = [key for key in STATE_KEYS if key not in state]
+        if missing:
+            raise ValueError(f"state lacks the keys {missing}; expected those of {kind}.state_dict(): {list(STATE_KEYS)}")
+        if state["optimizer"] != kind:
+            raise ValueError(f"state is the state of a {state['optimizer']!r} optimiser, not of a {kind!r}; "
+                             f"load it into an {state['optimizer']} instead")
+        hyperparameters = state["hyperparameters"]
+        expected = sorted(self.hyperparameters())
+        if not isinstance(hyperparameters, dict) or sorted(hyperparameters) != expected:
+            raise ValueError(f"state['hyperparameters'] must be a dict with the keys {expected}, got {hyperparameters!r}")
+        restored = type(self)(**hyperparameters)    # the constructor checks every value
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+            raise ValueError(f"state['step'] must be a non-negative integer, got {step!r}")
+        buffers = _check_loaded_buffers(state["state"], restored.buffer_names, int(step))
+        for name, value in restored.hyperparameters().items():
+            setattr(self, name, value)
+        self.buffer_names = restored.buffer_names
+        self.step_count, self.state = int(step), buffers
+
+    def _check_step(self, params: dict[str, Any], grads: dict[str, Any]) -> Any:
+        """Check params, grads and the state agree (keys, backend, shapes, dtypes); return xp."""
+        for argument, value in (("params", params), ("grads", grads)):
+            if not isinstance(value, dict):
+                raise TypeError(f"{argument} must be a dict of name → array, got {type(value).__name__}")
+        if not params:
+            raise ValueError("params must not be empty")
+        _check_same_keys("grads", grads, "params", params)
+        if self.state:
+            _check_same_keys("params", params, "the optimiser's state (from earlier steps)", self.state)
+        arrays = {f"params[{name!r}]": p for name, p in params.items()}
+        arrays.update({f"grads[{name!r}]": g for name, g in grads.items()})
+        arrays.update({f"state[{name!r}][{buffer!r}]": b
+                       for name, buffers in self.state.items() for buffer, b in buffers.items()})
+        xp = namespace_of(**arrays)
+        for name, param in params.items():
+            check_float(f"params[{name!r}]", param, xp)
+            _check_like(f"grads[{name!r}]", grads[name], f"params[{name!r}]", param, xp)
+            for buffer, value in self.state.get(name, {}).items():
+                _check_like(f"state[{name!r}][{buffer!r}]", value, f"params[{name!r}]", param, xp)
+        return xp
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight decay.
+
+    As `torch.optim.SGD` with dampening 0: g ← g + wd·p; b ← g on the first step, then
+    b ← μ·b + g; p ← p − lr·(g + μ·b) with Nesterov, p ← p − lr·b without.
+    """
+
+    def __init__(self, learning_rate: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__()
+        self.learning_rate = _number("learning_rate", learning_rate, lambda v: v > 0.0, "> 0")
+        self.momentum = _number("momentum", momentum, lambda v: v >= 0.0, ">= 0")
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
+        if nesterov and self.momentum == 0.0:
+            raise ValueError("nesterov=True requires momentum > 0, got momentum=0.0")
+        self.nesterov = nesterov
+        self.weight_decay = _number("weight_decay", weight_decay, lambda v: v >= 0.0, ">= 0")
+        self.buffer_names = ("momentum_buffer",) if self.momentum > 0.0 else ()
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"learning_rate": self.learning_rate, "momentum": self.momentum,
+                "nesterov": self.nesterov, "weight_decay": self.weight_decay}
+
+    def _update(self, xp: Any, param: Any, grad: Any, buffers: dict[str, Any], step: int) -> tuple[Any, dict]:
+        if self.weight_decay != 0.0:
+            grad = grad + self.weight_decay * param
+        if self.momentum == 0.0:
+            return param - self.learning_rate * grad, {}
+        previous = buffers.get("momentum_buffer")
+        if previous is None:                        # first step: the buffer starts as (a copy of) g
+            buffer = xp.asarray(grad, copy=True)
+        else:
+            buffer = self.momentum * previous + grad
+        direction = grad + self.momentum * buffer if self.nesterov else buffer
+        return param - self.learning_rate * direction, {"momentum_buffer": buffer}
+
+    def __repr__(self) -> str:
+        return _repr(self)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction, as `torch.optim.Adam` (amsgrad=False).
+
+    m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²;
+    p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε).
+    """
+
+    buffer_names = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, learning_rate: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+                 epsilon: float = 1e-8) -> None:
+        super().__init__()
+        self.learning_rate = _number("learning_rate", learning_rate, lambda v: v > 0.0, "> 0")
+        self.beta1 = _number("beta1", beta1, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+        self.beta2 = _number("beta2", beta2, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+        self.epsilon = _number("epsilon", epsilon, lambda v: v > 0.0, "> 0")
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"learning_rate": self.learning_rate, "beta1": self.beta1,
+                "beta2": self.beta2, "epsilon": self.epsilon}
+
+    def _update(self, xp: Any, param: Any, grad: Any, buffers: dict[str, Any], step: int) -> tuple[Any, dict]:
+        exp_avg = buffers.get("exp_avg", xp.zeros_like(param))
+        exp_avg_sq = buffers.get("exp_avg_sq", xp.zeros_like(param))
+        exp_avg = self.beta1 * exp_avg + (1.0 - self.beta1) * grad              # first moment
+        exp_avg_sq = self.beta2 * exp_avg_sq + (1.0 - self.beta2) * (grad * grad)  # second moment
+        step_size = self.learning_rate / (1.0 - self.beta1 ** step)             # Python floats
+        bias_correction2_sqrt = math.sqrt(1.0 - self.beta2 ** step)
+        denominator = xp.sqrt(exp_avg_sq) / bias_correction2_sqrt + self.epsilon
+        return param - step_size * (exp_avg / denominator), {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+    def __repr__(self) -> str:
+        return _repr(self)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as `torch.optim.AdamW`.
+
+    p ← p − lr·wd·p (that is, p·(1 − lr·wd)), then the Adam update.
+    """
+
+    def __init__(self, learning_rate: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+                 epsilon: float = 1e-8, weight_decay: float = 0.01) -> None:
+        super().__init__(learning_rate, beta1, beta2, epsilon)
+        self.weight_decay = _number("weight_decay", weight_decay, lambda v: v >= 0.0, ">= 0")
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {**super().hyperparameters(), "weight_decay": self.weight_decay}
+
+    def _update(self, xp: Any, param: Any, grad: Any, buffers: dict[str, Any], step: int) -> tuple[Any, dict]:
+        decayed = param * (1.0 - self.learning_rate * self.weight_decay)
+        return super()._update(xp, decayed, grad, buffers, step)
+
+
+def clip_by_global_norm(grads: dict[str, Any], max_norm: float) -> tuple[dict[str, Any], Any]:
+    """Scale all gradients by max_norm / max(global_norm, max_norm), as `tf.clip_by_global_norm`.
+
+    Returns the clipped gradients and the global norm √(Σ‖g‖²) before clipping, a 0-d array
+    (kept on the device: nothing is copied to the host). A non-finite norm makes every
+    clipped gradient NaN, as in TensorFlow, so a blown-up step cannot pass unnoticed.
+    """
+    if not isinstance(grads, dict):
+        raise TypeError(f"grads must be a dict of name → array, got {type(grads).__name__}")
+    if not grads:
+        raise ValueError("grads must not be empty")
+    max_norm = _number("max_norm", max_norm, lambda v: v > 0.0, "> 0")
+    xp = namespace_of(**{f"grads[{name!r}]": g for name, g in grads.items()})
+    first_name, first = next(iter(grads.items()))
+    check_float(f"grads[{first_name!r}]", first, xp)
+    for name, grad in grads.items():
+        check_float(f"grads[{name!r}]", grad, xp, first.dtype)
+
+    global_norm = xp.sqrt(sum(xp.sum(grad * grad) for grad in grads.values()))
+    limit = xp.asarray(max_norm, dtype=global_norm.dtype, device=global_norm.device)
+    nan = xp.asarray(math.nan, dtype=global_norm.dtype, device=global_norm.device)
+    scale = xp.where(xp.isfinite(global_norm), limit / xp.maximum(global_norm, limit), nan)
+    return {name: grad * scale for name, grad in grads.items()}, global_norm
+
+
+def _number(name: str, value: Any, ok: Callable[[float], bool], expected: str) -> float:
+    """`value` as a Python float, or a TypeError/ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number {expected}, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and ok(value)):
+        raise ValueError(f"{name} must be a finite number {expected}, got {value!r}")
+    return value
+
+
+def _check_same_keys(name: str, given: dict[str, Any], reference_name: str, reference: dict[str, Any]) -> None:
+    """`given` must have exactly the keys of `reference`; the error lists what is missing and extra."""
+    missing = [key for key in reference if key not in given]
+    extra = [key for key in given if key not in reference]
+    if missing or extra:
+        parts = ([f"lacks {missing}"] if missing else []) + ([f"has extra {extra}"] if extra else [])
+        raise ValueError(f"{name} must have the same keys as {reference_name}: it {' and '.join(parts)}")
+
+
+def _check_like(name: str, x: Any, reference_name: str, reference: Any, xp: Any) -> None:
+    """`x` must have the shape and dtype of `reference`."""
+    if tuple(x.shape) != tuple(reference.shape):
+        raise ValueError(f"{name} must have the shape of {reference_name} {list(reference.shape)}, "
+                         f"got {list(x.shape)}")
+    check_float(name, x, xp, reference.dtype)
+
+
+def _check_loaded_buffers(buffers: Any, buffer_names: tuple[str, ...], step: int) -> dict[str, dict[str, Any]]:
+    """state['state'] must map parameter names to {buffer name → array}; returns a copy of the dicts."""
+    if not isinstance(buffers, dict):
+        raise TypeError(f"state['state'] must be a dict of parameter name → buffers, got {type(buffers).__name__}")
+    if buffers and (step == 0 or not buffer_names):
+        raise ValueError(f"state['state'] must be empty for this optimiser at step {step}, "
+                         f"got buffers for {list(buffers)}")
+    copied = {}
+    for name, entry in buffers.items():
+        if not isinstance(entry, dict) or sorted(entry) != sorted(buffer_names):
+            raise ValueError(f"state['state'][{name!r}] must be a dict with the keys {list(buffer_names)}, "
+                             f"got {entry!r}")
+        copied[name] = dict(entry)
+    arrays = {f"state['state'][{name!r}][{b!r}]": x for name, entry in copied.items() for b, x in entry.items()}
+    if arrays:
+        namespace_of(**arrays)   # every buffer is an array, all of one backend and device
+    return copied
+
+
+def _repr(optimizer: Optimizer) -> str:
+    settings = ", ".join(f"{name}={value!r}" for name, value in optimizer.hyperparameters().items())
+    return f"{type(optimizer).__name__}({settings})"
