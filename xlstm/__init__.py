@@ -16,6 +16,7 @@ from xlstm.cell import LSTMCell, LSTMState
 from xlstm.dense import Dense
 from xlstm.functional import log_softmax, one_hot, sigmoid, softmax
 from xlstm.losses import sequence_loss, sequence_loss_vjp, softmax_cross_entropy, softmax_cross_entropy_vjp
+from xlstm.stack import MultiRNNCell
 from xlstm.rnn import dynamic_rnn, dynamic_rnn_vjp
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "Dense",
     "LSTMCell",
     "LSTMState",
+    "MultiRNNCell",
     "asarray",
     "available_backends",
     "current_backend",

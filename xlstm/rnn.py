@@ -8,6 +8,7 @@ from backends import asarray, library_of
 from xlstm.cell import LSTMCell, LSTMState, lstm_step
 from xlstm.cell_grad import lstm_step_vjp
 from xlstm.checks import check_integer, check_range, check_shape, device_of, namespace_of
+from xlstm.stack import MultiRNNCell
 
 
 class Unrolled(NamedTuple):
@@ -35,7 +36,11 @@ def dynamic_rnn(
     inputs [B, T, I] (or [T, B, I] when `time_major`) → outputs [B, T, H] ([T, B, H]).
     With `sequence_length` [B], row b's outputs past its length are zero and its state
     stops changing there, so `final_state` holds each row's state at its own last step.
+    A `MultiRNNCell` runs layer by layer; its states are tuples, bottom layer first.
     """
+    if isinstance(cell, MultiRNNCell):
+        outputs, final_state, _ = _stack_vjp(cell, inputs, initial_state, sequence_length, time_major, False)
+        return outputs, final_state
     run = _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_backward=False)
     return _batch_major(run.xp, run.outputs, time_major), run.final_state
 
@@ -52,8 +57,12 @@ def dynamic_rnn_vjp(
     `backward` takes the gradients of a loss w.r.t. the outputs and the final state
     (either may be None, meaning zero) and returns a dict: "weights" (and "norm_gain",
     "norm_shift" under layer norm) shaped like the parameters, "inputs" shaped like the
-    inputs and "initial_state" (an LSTMState). Padded steps pass no gradient.
+    inputs and "initial_state" (an LSTMState). Padded steps pass no gradient. For a
+    `MultiRNNCell` the parameter keys are those of `cell.parameters()` ("cell_K/weights", ...)
+    and the states are tuples, bottom layer first.
     """
+    if isinstance(cell, MultiRNNCell):
+        return _stack_vjp(cell, inputs, initial_state, sequence_length, time_major, True)
     run = _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_backward=True)
 
     def backward(d_outputs: Any = None, d_final_state: LSTMState | None = None) -> dict[str, Any]:
@@ -62,10 +71,34 @@ def dynamic_rnn_vjp(
     return _batch_major(run.xp, run.outputs, time_major), run.final_state, backward
 
 
+def _stack_vjp(stack: MultiRNNCell, inputs, initial_state, sequence_length, time_major, with_backward):
+    """Run the layers one after another (the same numbers as interleaving them per step)."""
+    states = [None] * len(stack.cells) if initial_state is None else stack.check_state("initial_state", initial_state)
+    run_layer = dynamic_rnn_vjp if with_backward else dynamic_rnn
+    outputs, finals, backwards = inputs, [], []
+    for cell, state in zip(stack.cells, states):
+        outputs, final, *backward = run_layer(cell, outputs, state, sequence_length, time_major)
+        finals.append(final)
+        backwards.extend(backward)
+
+    def backward(d_outputs: Any = None, d_final_state: tuple | None = None) -> dict[str, Any]:
+        d_finals = [None] * len(stack.cells) if d_final_state is None else stack.check_state(
+            "d_final_state", d_final_state)
+        grads: dict[str, Any] = {}
+        d_initial = [None] * len(stack.cells)
+        for k in reversed(range(len(stack.cells))):
+            layer = backwards[k](d_outputs, d_finals[k])
+            d_outputs, d_initial[k] = layer.pop("inputs"), layer.pop("initial_state")
+            grads.update({f"cell_{k}/{name}": value for name, value in layer.items()})
+        return {**dict(sorted(grads.items())), "inputs": d_outputs, "initial_state": tuple(d_initial)}
+
+    return outputs, tuple(finals), (backward if with_backward else None)
+
+
 def _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_backward) -> Unrolled:
     """Check the arguments, then run the time loop once (shared by forward and vjp)."""
     if not isinstance(cell, LSTMCell):
-        raise TypeError(f"cell must be an xlstm.LSTMCell, got {type(cell).__name__}")
+        raise TypeError(f"cell must be an xlstm.LSTMCell or MultiRNNCell, got {type(cell).__name__}")
     xp = namespace_of(inputs=inputs, weights=cell.weights)
     cell.check_inputs("inputs", inputs, xp)
     check_shape("inputs", inputs, (None, None, cell.input_size), "[T, B, I]" if time_major else "[B, T, I]")
