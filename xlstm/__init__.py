@@ -11,7 +11,7 @@ from backends import (
     to_numpy,
     use_backend,
 )
-from xlstm import init
+from xlstm import data, init, models
 from xlstm.cell import LSTMCell, LSTMState
 from xlstm.dense import Dense
 from xlstm.functional import log_softmax, one_hot, sigmoid, softmax
@@ -33,7 +33,9 @@ __all__ = [
     "current_backend",
     "dynamic_rnn",
     "dynamic_rnn_vjp",
+    "data",
     "init",
+    "models",
     "log_softmax",
     "one_hot",
     "sequence_loss",

@@ -1,0 +1,178 @@
+"""`CharLM`: a character (or word) language model, the article's promised next step.
+
+    ids [B, T] → embedding lookup [B, T, E] → stacked LSTM [B, T, H] → Dense [B, T, V]
+    → softmax cross-entropy against the next token at every step.
+
+Training uses truncated backpropagation through time: the final state of one window is
+the initial state of the next, but no gradient flows across the window boundary.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from backends import Backend, asarray, get_backend
+from xlstm import init
+from xlstm.cell import LSTMCell, LSTMState
+from xlstm.checks import check_integer, check_positive_int, check_range, check_shape, namespace_of
+from xlstm.dense import Dense
+from xlstm.losses import softmax_cross_entropy, softmax_cross_entropy_vjp
+from xlstm.rnn import dynamic_rnn, dynamic_rnn_vjp
+from xlstm.stack import MultiRNNCell
+
+
+class LossAndGrads(NamedTuple):
+    loss: Any  # mean cross-entropy in nats, a 0-d array
+    grads: dict[str, Any]  # keyed like CharLM.parameters()
+    state: tuple[LSTMState, ...]  # final state, to carry into the next window
+
+
+class CharLM:
+    """Embedding → MultiRNNCell of LSTMCells → Dense, trained on next-token prediction."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        embedding_size: int = 32,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        layer_norm: bool = False,
+        dropout_keep_prob: float = 1.0,
+        forget_bias: float = 1.0,
+        dtype: Any = None,
+        seed: int | None = None,
+        backend: str | Backend | None = None,
+        device: Any = None,
+    ) -> None:
+        self.vocab_size = check_positive_int("vocab_size", vocab_size)
+        self.embedding_size = check_positive_int("embedding_size", embedding_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.num_layers = check_positive_int("num_layers", num_layers)
+        self.layer_norm, self.dropout_keep_prob, self.forget_bias, self.seed = (
+            bool(layer_norm), dropout_keep_prob, forget_bias, seed)
+        self.backend = get_backend(backend, device)
+        self.dtype = self.backend.resolve_dtype(dtype)
+        layer_seed = (lambda k: None if seed is None else seed + k)  # noqa: E731
+        self.embedding = init.uniform(-0.1, 0.1)((vocab_size, embedding_size), self.dtype,
+                                                 self.backend.random(seed, stream=2))
+        sizes = [embedding_size] + [hidden_size] * num_layers
+        self.stack = MultiRNNCell([
+            LSTMCell(hidden_size, sizes[k], layer_norm=layer_norm, dropout_keep_prob=dropout_keep_prob,
+                     forget_bias=forget_bias, dtype=self.dtype, seed=layer_seed(k + 1), backend=self.backend)
+            for k in range(num_layers)])
+        self.dense = Dense(vocab_size, hidden_size, dtype=self.dtype, seed=layer_seed(num_layers + 1),
+                           backend=self.backend)
+
+    def config(self) -> dict[str, Any]:
+        """The constructor's settings (without arrays), to rebuild or save the model."""
+        return {"vocab_size": self.vocab_size, "embedding_size": self.embedding_size,
+                "hidden_size": self.hidden_size, "num_layers": self.num_layers, "layer_norm": self.layer_norm,
+                "dropout_keep_prob": self.dropout_keep_prob, "forget_bias": self.forget_bias, "seed": self.seed}
+
+    def parameters(self) -> dict[str, Any]:
+        """Every trainable array: "embedding", "cell_K/...", "dense/kernel", "dense/bias"."""
+        return {"embedding": self.embedding, **self.stack.parameters(),
+                **{f"dense/{name}": value for name, value in self.dense.parameters().items()}}
+
+    def set_parameters(self, parameters: dict[str, Any]) -> None:
+        """Replace the arrays (e.g. after an optimiser step); keys and shapes must match."""
+        current = self.parameters()
+        if set(parameters) != set(current):
+            missing, extra = sorted(set(current) - set(parameters)), sorted(set(parameters) - set(current))
+            raise ValueError(f"parameters must have the keys of CharLM.parameters(); missing {missing}, extra {extra}")
+        for name, value in parameters.items():
+            value = asarray(value, dtype=self.dtype, backend=self.backend)
+            check_shape(f"parameters[{name!r}]", value, tuple(current[name].shape))
+            if name == "embedding":
+                self.embedding = value
+            elif name.startswith("dense/"):
+                setattr(self.dense, name.removeprefix("dense/"), value)
+            else:
+                layer, attribute = name.split("/")
+                setattr(self.stack.cells[int(layer.removeprefix("cell_"))], attribute, value)
+
+    def zero_state(self, batch_size: int) -> tuple[LSTMState, ...]:
+        return self.stack.zero_state(batch_size)
+
+    def _embed(self, ids: Any) -> Any:
+        """Row lookup in the embedding table: ids [B, T] → [B, T, E] (no one-hot matmul)."""
+        xp = namespace_of(ids=ids, embedding=self.embedding)
+        check_integer("inputs", ids, xp)
+        check_shape("inputs", ids, (None, None), "[batch, time] token ids")
+        check_range("inputs", ids, xp, 0, self.vocab_size - 1, "token ids of the vocabulary")
+        flat = xp.take(self.embedding, xp.reshape(ids, (-1,)), axis=0)
+        return xp.reshape(flat, (ids.shape[0], ids.shape[1], self.embedding_size))
+
+    def loss_and_grads(self, inputs: Any, targets: Any, state: tuple | None = None) -> LossAndGrads:
+        """Mean next-token cross-entropy over the window, its gradients and the final state."""
+        xp = namespace_of(inputs=inputs, targets=targets, embedding=self.embedding)
+        check_shape("targets", targets, tuple(inputs.shape), "like inputs")
+        embedded = self._embed(inputs)
+        outputs, final_state, rnn_backward = dynamic_rnn_vjp(self.stack, embedded, state)
+        logits, dense_backward = self.dense.vjp(outputs)
+        loss, loss_backward = softmax_cross_entropy_vjp(logits, targets)
+        dense_grads = dense_backward(loss_backward())
+        rnn_grads = rnn_backward(dense_grads["inputs"])
+        # The embedding's gradient adds each position's input gradient to its token's row:
+        # a scatter-add, written as one-hotᵀ · d_inputs since the array API has no scatter.
+        flat_ids = xp.reshape(inputs, (-1,))
+        one_hot = xp.astype(flat_ids[:, None] == xp.arange(self.vocab_size, device=self.backend.device), self.dtype)
+        d_embedded = xp.reshape(rnn_grads.pop("inputs"), (flat_ids.shape[0], self.embedding_size))
+        rnn_grads.pop("initial_state")
+        grads = {"embedding": xp.matrix_transpose(one_hot) @ d_embedded, **rnn_grads,
+                 "dense/kernel": dense_grads["kernel"], "dense/bias": dense_grads["bias"]}
+        return LossAndGrads(loss, grads, final_state)
+
+    def loss(self, inputs: Any, targets: Any, state: tuple | None = None) -> tuple[Any, tuple[LSTMState, ...]]:
+        """Mean next-token cross-entropy (no gradients) and the final state, for evaluation."""
+        outputs, final_state = dynamic_rnn(self.stack, self._embed(inputs), state)
+        return softmax_cross_entropy(self.dense(outputs), targets), final_state
+
+    def generate(self, prompt: list[int], length: int, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int | None = None) -> list[int]:
+        """Continue the token ids `prompt` by `length` sampled ids.
+
+        Each next token is drawn from softmax(logits / temperature), restricted to the
+        `top_k` most likely tokens when given; the same seed gives the same text.
+        """
+        if not isinstance(prompt, (list, tuple)) or not prompt:
+            raise ValueError("prompt must be a non-empty list of token ids")
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise ValueError(f"length must be a non-negative integer, got {length!r}")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+        xp, stream = self.backend.xp, self.backend.random(seed, stream=3)
+        ids = asarray([list(prompt)], backend=self.backend)
+        keep = [cell.dropout_keep_prob for cell in self.stack.cells]
+        for cell in self.stack.cells:  # sampling is inference: no dropout
+            cell.dropout_keep_prob = 1.0
+        try:
+            outputs, state = dynamic_rnn(self.stack, self._embed(ids))
+            h, generated = outputs[:, -1, :], []
+            for _ in range(length):
+                token = self._sample(self.dense(h) / float(temperature), top_k, stream, xp)
+                generated.append(token)
+                h, state = self.stack(self._embed(asarray([[token]], backend=self.backend))[:, 0, :], state)
+        finally:
+            for cell, value in zip(self.stack.cells, keep):
+                cell.dropout_keep_prob = value
+        return generated
+
+    def _sample(self, logits: Any, top_k: int | None, stream: Any, xp: Any) -> int:
+        """One token id drawn from softmax(logits [1, V]) by inverting its cumulative sum."""
+        if top_k is not None and top_k < self.vocab_size:
+            threshold = xp.sort(logits, axis=-1, descending=True)[:, top_k - 1 : top_k]
+            logits = xp.where(logits >= threshold, logits, xp.full_like(logits, -math.inf))
+        probabilities = xp.exp(logits - xp.max(logits, axis=-1, keepdims=True))
+        cumulative = xp.cumulative_sum(probabilities[0, :])
+        draw = stream.uniform((1,), 0.0, 1.0, self.dtype) * cumulative[-1]
+        return min(int(xp.sum(xp.astype(cumulative <= draw, xp.int64))), self.vocab_size - 1)
+
+    def to(self, backend: str | Backend, device: Any = None) -> "CharLM":
+        """A copy of the model on another backend/device."""
+        copy = CharLM(**self.config(), dtype=self.dtype, backend=get_backend(backend, device))
+        copy.set_parameters({name: asarray(value, backend=copy.backend) for name, value in self.parameters().items()})
+        return copy
