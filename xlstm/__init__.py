@@ -11,7 +11,7 @@ from backends import (
     to_numpy,
     use_backend,
 )
-from xlstm import data, init, models
+from xlstm import data, init, models, optim
 from xlstm.cell import LSTMCell, LSTMState
 from xlstm.dense import Dense
 from xlstm.functional import log_softmax, one_hot, sigmoid, softmax
@@ -36,6 +36,7 @@ __all__ = [
     "data",
     "init",
     "models",
+    "optim",
     "log_softmax",
     "one_hot",
     "sequence_loss",

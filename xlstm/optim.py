@@ -16,7 +16,7 @@ import math
 import numbers
 from typing import Any, Callable
 
-from xlstm.checks import check_float, namespace_of
+from xlstm.checks import check_float, device_of, namespace_of
 
 STATE_KEYS = ("optimizer", "hyperparameters", "step", "state")
 
@@ -73,14 +73,16 @@ class Optimizer:
             raise TypeError(f"state must be a dict from {kind}.state_dict(), got {type(state).__name__}")
         missing = [key for key in STATE_KEYS if key not in state]
         if missing:
-            raise ValueError(f"state lacks the keys {missing}; expected those of {kind}.state_dict(): {list(STATE_KEYS)}")
+            raise ValueError(f"state lacks the keys {missing}; "
+                             f"expected those of {kind}.state_dict(): {list(STATE_KEYS)}")
         if state["optimizer"] != kind:
-            raise ValueError(f"state is the state of a {state['optimizer']!r} optimiser, not of a {kind!r}; "
-                             f"load it into an {state['optimizer']} instead")
+            raise ValueError(f"state was saved by a {state['optimizer']!r} optimiser and cannot be loaded "
+                             f"into a {kind!r} one")
         hyperparameters = state["hyperparameters"]
         expected = sorted(self.hyperparameters())
         if not isinstance(hyperparameters, dict) or sorted(hyperparameters) != expected:
-            raise ValueError(f"state['hyperparameters'] must be a dict with the keys {expected}, got {hyperparameters!r}")
+            raise ValueError(f"state['hyperparameters'] must be a dict with the keys {expected}, "
+                             f"got {hyperparameters!r}")
         restored = type(self)(**hyperparameters)    # the constructor checks every value
         step = state["step"]
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
@@ -90,6 +92,10 @@ class Optimizer:
             setattr(self, name, value)
         self.buffer_names = restored.buffer_names
         self.step_count, self.state = int(step), buffers
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{name}={value!r}" for name, value in self.hyperparameters().items())
+        return f"{type(self).__name__}({settings})"
 
     def _check_step(self, params: dict[str, Any], grads: dict[str, Any]) -> Any:
         """Check params, grads and the state agree (keys, backend, shapes, dtypes); return xp."""
@@ -151,9 +157,6 @@ class SGD(Optimizer):
         direction = grad + self.momentum * buffer if self.nesterov else buffer
         return param - self.learning_rate * direction, {"momentum_buffer": buffer}
 
-    def __repr__(self) -> str:
-        return _repr(self)
-
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction, as `torch.optim.Adam` (amsgrad=False).
@@ -177,17 +180,15 @@ class Adam(Optimizer):
                 "beta2": self.beta2, "epsilon": self.epsilon}
 
     def _update(self, xp: Any, param: Any, grad: Any, buffers: dict[str, Any], step: int) -> tuple[Any, dict]:
-        exp_avg = buffers.get("exp_avg", xp.zeros_like(param))
-        exp_avg_sq = buffers.get("exp_avg_sq", xp.zeros_like(param))
+        if not buffers:                             # first step: both moments start at zero
+            buffers = {"exp_avg": xp.zeros_like(param), "exp_avg_sq": xp.zeros_like(param)}
+        exp_avg, exp_avg_sq = buffers["exp_avg"], buffers["exp_avg_sq"]
         exp_avg = self.beta1 * exp_avg + (1.0 - self.beta1) * grad              # first moment
         exp_avg_sq = self.beta2 * exp_avg_sq + (1.0 - self.beta2) * (grad * grad)  # second moment
         step_size = self.learning_rate / (1.0 - self.beta1 ** step)             # Python floats
         bias_correction2_sqrt = math.sqrt(1.0 - self.beta2 ** step)
         denominator = xp.sqrt(exp_avg_sq) / bias_correction2_sqrt + self.epsilon
         return param - step_size * (exp_avg / denominator), {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
-
-    def __repr__(self) -> str:
-        return _repr(self)
 
 
 class AdamW(Adam):
@@ -228,8 +229,8 @@ def clip_by_global_norm(grads: dict[str, Any], max_norm: float) -> tuple[dict[st
         check_float(f"grads[{name!r}]", grad, xp, first.dtype)
 
     global_norm = xp.sqrt(sum(xp.sum(grad * grad) for grad in grads.values()))
-    limit = xp.asarray(max_norm, dtype=global_norm.dtype, device=global_norm.device)
-    nan = xp.asarray(math.nan, dtype=global_norm.dtype, device=global_norm.device)
+    limit = xp.asarray(max_norm, dtype=global_norm.dtype, device=device_of(global_norm))
+    nan = xp.asarray(math.nan, dtype=global_norm.dtype, device=device_of(global_norm))
     scale = xp.where(xp.isfinite(global_norm), limit / xp.maximum(global_norm, limit), nan)
     return {name: grad * scale for name, grad in grads.items()}, global_norm
 
@@ -264,10 +265,14 @@ def _check_like(name: str, x: Any, reference_name: str, reference: Any, xp: Any)
 def _check_loaded_buffers(buffers: Any, buffer_names: tuple[str, ...], step: int) -> dict[str, dict[str, Any]]:
     """state['state'] must map parameter names to {buffer name → array}; returns a copy of the dicts."""
     if not isinstance(buffers, dict):
-        raise TypeError(f"state['state'] must be a dict of parameter name → buffers, got {type(buffers).__name__}")
+        raise TypeError("state['state'] must be a dict of parameter name → buffers, "
+                        f"got {type(buffers).__name__}")
     if buffers and (step == 0 or not buffer_names):
         raise ValueError(f"state['state'] must be empty for this optimiser at step {step}, "
                          f"got buffers for {list(buffers)}")
+    if not buffers and step > 0 and buffer_names:
+        raise ValueError(f"state['state'] must hold the buffers {list(buffer_names)} of every parameter "
+                         f"after {step} steps, got none")
     copied = {}
     for name, entry in buffers.items():
         if not isinstance(entry, dict) or sorted(entry) != sorted(buffer_names):
@@ -280,6 +285,3 @@ def _check_loaded_buffers(buffers: Any, buffer_names: tuple[str, ...], step: int
     return copied
 
 
-def _repr(optimizer: Optimizer) -> str:
-    settings = ", ".join(f"{name}={value!r}" for name, value in optimizer.hyperparameters().items())
-    return f"{type(optimizer).__name__}({settings})"
