@@ -188,6 +188,14 @@ class LSTMCell:
         draws = self._dropout_stream.uniform(shape, 0.0, 1.0, self.dtype)
         return xp.where(draws < keep, xp.full_like(draws, 1.0 / keep), xp.zeros_like(draws))
 
+    def random_state(self) -> dict:
+        """The dropout generator's state (JSON-able), so a resumed run draws the same masks."""
+        return self._dropout_stream.state()
+
+    def set_random_state(self, state: dict) -> None:
+        """Restore a state returned by `random_state()`."""
+        self._dropout_stream.set_state(state)
+
     def check_inputs(self, name: str, x: Any, xp: Any) -> None:
         """`x` must be a float array of the cell's dtype whose last axis is input_size."""
         check_float(name, x, xp, self.dtype)
