@@ -173,3 +173,32 @@ def test_whole_model_chain(backend):
     rnn_grads = rnn_backward(dense_grads["inputs"])
     assert_gradient_close(rnn_grads["weights"], numeric_gradient(lambda w: loss_of(w, kernel), weights), "weights")
     assert_gradient_close(dense_grads["kernel"], numeric_gradient(lambda k: loss_of(weights, k), kernel), "kernel")
+
+
+def test_gradients_match_torch_autograd(backend):
+    """A second oracle: torch.nn.LSTM's autograd, weights converted (gates i, f, g, o)."""
+    torch = pytest.importorskip("torch")
+    B, T, I, H = 3, 4, 2, 3
+    rng = np.random.default_rng(5)
+    lstm = torch.nn.LSTM(I, H, batch_first=True).double()
+    w_ih, w_hh = lstm.weight_ih_l0.detach().numpy(), lstm.weight_hh_l0.detach().numpy()
+    bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach().numpy()
+
+    def to_xlstm_order(rows):  # torch i, f, g, o → xlstm f, i, c, o
+        i, f, g, o = np.split(rows, 4)
+        return np.concatenate([f, i, g, o])
+
+    weights = to_xlstm_order(np.concatenate([bias[:, None], w_ih, w_hh], axis=1))
+    inputs, r_out, r_c = rng.normal(size=(B, T, I)), rng.normal(size=(B, T, H)), rng.normal(size=(B, H))
+    x = torch.tensor(inputs, requires_grad=True)
+    outputs, (_, c_n) = lstm(x)
+    (torch.sum(outputs * torch.from_numpy(r_out)) + torch.sum(c_n[0] * torch.from_numpy(r_c))).backward()
+
+    cell = xlstm.LSTMCell(H, I, weights=weights, forget_bias=0.0, backend=backend)
+    on = lambda a: xlstm.asarray(a, backend=backend)  # noqa: E731
+    _, final, backward = xlstm.dynamic_rnn_vjp(cell, on(inputs))
+    grads = backward(on(r_out), xlstm.LSTMState(on(r_c), on(np.zeros((B, H)))))
+    expected = to_xlstm_order(np.concatenate(
+        [lstm.bias_ih_l0.grad.numpy()[:, None], lstm.weight_ih_l0.grad.numpy(), lstm.weight_hh_l0.grad.numpy()], axis=1))
+    np.testing.assert_allclose(xlstm.to_numpy(grads["weights"]), expected, atol=1e-12)
+    np.testing.assert_allclose(xlstm.to_numpy(grads["inputs"]), x.grad.numpy(), atol=1e-12)
