@@ -26,7 +26,7 @@ from xlstm.checks import (
     device_of,
     namespace_of,
 )
-from xlstm.functional import layer_norm, sigmoid
+from xlstm.functional import normalise, sigmoid
 
 GATES = ("f", "i", "c", "o")  # order of the row blocks of W
 NORMS = ("f", "i", "c", "o", "state")  # order of the rows of norm_gain / norm_shift
@@ -60,6 +60,53 @@ class CellSettings:
     norm_epsilon: float
 
 
+class StepInternals(NamedTuple):
+    """Every intermediate of one step, including what the backward pass differentiates."""
+
+    f: Any  # forget gate                          [B, H]
+    i: Any  # input gate                           [B, H]
+    g_raw: Any  # tanh of the candidate pre-activation, before dropout
+    o: Any  # output gate                          [B, H]
+    g: Any  # candidate after dropout              [B, H]
+    c: Any  # new cell state (normalised under layer norm)
+    tanh_c: Any  # tanh(c_t)
+    h: Any  # new hidden state                     [B, H]
+    gates_normalised: Any = None  # layer norm only: x̂ of the gates [B, 4, H] ...
+    gates_inverse_std: Any = None  # ... and their 1/σ                [B, 4, 1]
+    c_normalised: Any = None  # x̂ of f⊙c_{t-1} + i⊙g                [B, H]
+    c_inverse_std: Any = None  # its 1/σ                             [B, 1]
+
+
+def lstm_step_internals(
+    preactivations: Any,
+    c_prev: Any,
+    settings: CellSettings,
+    norm_gain: Any = None,
+    norm_shift: Any = None,
+    dropout_mask: Any = None,
+) -> StepInternals:
+    """The step's arithmetic, stated once for the forward and the backward pass."""
+    xp = namespace_of(preactivations=preactivations, c_prev=c_prev, dropout_mask=dropout_mask)
+    batch, units = c_prev.shape[0], c_prev.shape[1]
+    a, norms = preactivations, {}
+    if settings.layer_norm:
+        gates_hat, gates_inverse_std = normalise(xp.reshape(a, (batch, 4, units)), settings.norm_epsilon)
+        a = xp.reshape(gates_hat * norm_gain[:4, :] + norm_shift[:4, :], (batch, 4 * units))
+        norms.update(gates_normalised=gates_hat, gates_inverse_std=gates_inverse_std)
+    f = sigmoid(a[:, :units] + settings.forget_bias)
+    i = sigmoid(a[:, units : 2 * units])
+    g_raw = xp.tanh(a[:, 2 * units : 3 * units])
+    o = sigmoid(a[:, 3 * units :])
+    g = g_raw if dropout_mask is None else g_raw * dropout_mask
+    c = f * c_prev + i * g
+    if settings.layer_norm:
+        c_hat, c_inverse_std = normalise(c, settings.norm_epsilon)
+        c = c_hat * norm_gain[4, :] + norm_shift[4, :]
+        norms.update(c_normalised=c_hat, c_inverse_std=c_inverse_std)
+    tanh_c = xp.tanh(c)
+    return StepInternals(f, i, g_raw, o, g, c, tanh_c, o * tanh_c, **norms)
+
+
 def lstm_step(
     preactivations: Any,
     c_prev: Any,
@@ -72,24 +119,8 @@ def lstm_step(
 
     `dropout_mask` ([B, H], already scaled by 1/keep_prob) multiplies the candidate only.
     """
-    xp = namespace_of(preactivations=preactivations, c_prev=c_prev, dropout_mask=dropout_mask)
-    batch, units = c_prev.shape[0], c_prev.shape[1]
-    a = preactivations
-    if settings.layer_norm:
-        per_gate = xp.reshape(a, (batch, 4, units))
-        per_gate = layer_norm(per_gate, norm_gain[:4, :], norm_shift[:4, :], settings.norm_epsilon)
-        a = xp.reshape(per_gate, (batch, 4 * units))
-    f = sigmoid(a[:, :units] + settings.forget_bias)
-    i = sigmoid(a[:, units : 2 * units])
-    g = xp.tanh(a[:, 2 * units : 3 * units])
-    o = sigmoid(a[:, 3 * units :])
-    if dropout_mask is not None:
-        g = g * dropout_mask
-    c = f * c_prev + i * g
-    if settings.layer_norm:
-        c = layer_norm(c, norm_gain[4, :], norm_shift[4, :], settings.norm_epsilon)
-    h = o * xp.tanh(c)
-    return StepValues(preactivations, f, i, g, o, c, h)
+    k = lstm_step_internals(preactivations, c_prev, settings, norm_gain, norm_shift, dropout_mask)
+    return StepValues(preactivations, k.f, k.i, k.g, k.o, k.c, k.h)
 
 
 class LSTMCell:

@@ -2,16 +2,16 @@
 
 Given what the forward step saw (raw pre-activations a and c_{t-1}) and the gradients
 arriving at its outputs (dh_t, dc_t), it returns the gradients of a, c_{t-1} and of the
-layer-norm gains and shifts. The forward's intermediate values are recomputed from a,
-which is cheap next to the matmuls and keeps the saved state per step to a and c_{t-1}.
+layer-norm gains and shifts. The forward's intermediate values are recomputed from a
+(by the same `lstm_step_internals`), which is cheap next to the matmuls and keeps what
+the unroller saves per step to a and c_{t-1}.
 """
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from xlstm.cell import CellSettings
+from xlstm.cell import CellSettings, lstm_step_internals
 from xlstm.checks import namespace_of
-from xlstm.functional import normalise, sigmoid
 
 
 class StepGrads(NamedTuple):
@@ -49,39 +49,23 @@ def lstm_step_vjp(
     """Backpropagate dh_t and dc_t (gradients of the step's outputs) through one step."""
     xp = namespace_of(preactivations=preactivations, c_prev=c_prev, dh=dh, dc=dc)
     batch, units = c_prev.shape[0], c_prev.shape[1]
-
-    # Forward again, keeping what the derivatives need.
-    a = preactivations
-    if settings.layer_norm:
-        gates_hat, gates_inverse_std = normalise(xp.reshape(a, (batch, 4, units)), settings.norm_epsilon)
-        a = xp.reshape(gates_hat * norm_gain[:4, :] + norm_shift[:4, :], (batch, 4 * units))
-    f = sigmoid(a[:, :units] + settings.forget_bias)
-    i = sigmoid(a[:, units : 2 * units])
-    g_raw = xp.tanh(a[:, 2 * units : 3 * units])
-    o = sigmoid(a[:, 3 * units :])
-    g = g_raw if dropout_mask is None else g_raw * dropout_mask
-    c = f * c_prev + i * g
-    if settings.layer_norm:
-        c_hat, c_inverse_std = normalise(c, settings.norm_epsilon)
-        c = c_hat * norm_gain[4, :] + norm_shift[4, :]
-    tanh_c = xp.tanh(c)
+    k = lstm_step_internals(preactivations, c_prev, settings, norm_gain, norm_shift, dropout_mask)
 
     # Backward, from h_t = o ⊙ tanh(c_t) down to the pre-activations.
-    d_o = dh * tanh_c
-    d_c = dc + dh * o * (1.0 - tanh_c * tanh_c)
+    d_o = dh * k.tanh_c
+    d_c = dc + dh * k.o * (1.0 - k.tanh_c * k.tanh_c)
     if settings.layer_norm:
-        d_c, d_state_gain, d_state_shift = layer_norm_vjp(c_hat, c_inverse_std, norm_gain[4, :], d_c)
-    d_f, d_c_prev = d_c * c_prev, d_c * f
-    d_i, d_g = d_c * g, d_c * i
+        d_c, d_state_gain, d_state_shift = layer_norm_vjp(k.c_normalised, k.c_inverse_std, norm_gain[4, :], d_c)
+    d_f, d_c_prev = d_c * c_prev, d_c * k.f
+    d_i, d_g = d_c * k.g, d_c * k.i
     if dropout_mask is not None:
         d_g = d_g * dropout_mask
-    d_a = xp.concat(
-        [d_f * f * (1.0 - f), d_i * i * (1.0 - i), d_g * (1.0 - g_raw * g_raw), d_o * o * (1.0 - o)], axis=1
-    )
+    d_a = xp.concat([d_f * k.f * (1.0 - k.f), d_i * k.i * (1.0 - k.i), d_g * (1.0 - k.g_raw * k.g_raw),
+                     d_o * k.o * (1.0 - k.o)], axis=1)
     if not settings.layer_norm:
         return StepGrads(d_a, d_c_prev, None, None)
     d_gates, d_gates_gain, d_gates_shift = layer_norm_vjp(
-        gates_hat, gates_inverse_std, norm_gain[:4, :], xp.reshape(d_a, (batch, 4, units)))
+        k.gates_normalised, k.gates_inverse_std, norm_gain[:4, :], xp.reshape(d_a, (batch, 4, units)))
     return StepGrads(
         xp.reshape(d_gates, (batch, 4 * units)),
         d_c_prev,

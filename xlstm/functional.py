@@ -35,20 +35,14 @@ def softmax(logits: Any, axis: int = -1) -> Any:
 
 
 def normalise(x: Any, epsilon: float) -> tuple[Any, Any]:
-    """x̂ = (x − mean) / σ over the last axis, and 1/σ, where σ² = biased variance + epsilon."""
+    """x̂ = (x − mean) / σ over the last axis, and 1/σ, where σ² = biased variance + epsilon.
+
+    Layer norm is x̂·gain + shift: TensorFlow 1's `layers.layer_norm`, epsilon inside the root.
+    """
     xp = namespace_of(x=x)
     centered = x - xp.mean(x, axis=-1, keepdims=True)
     inverse_std = 1.0 / xp.sqrt(xp.mean(centered * centered, axis=-1, keepdims=True) + epsilon)
     return centered * inverse_std, inverse_std
-
-
-def layer_norm(x: Any, gain: Any, shift: Any, epsilon: float) -> Any:
-    """Normalise over the last axis to zero mean and unit variance, then scale and shift.
-
-    TensorFlow 1's `layers.layer_norm`: the biased variance, epsilon inside the root.
-    """
-    namespace_of(x=x, gain=gain, shift=shift)
-    return normalise(x, epsilon)[0] * gain + shift
 
 
 def one_hot(indices: Any, depth: int, dtype: Any = None) -> Any:
