@@ -42,3 +42,10 @@ class Library:
 
     def synchronize(self, device: Any) -> None:
         """Wait until queued work on `device` has finished (for honest timings)."""
+
+    def lstm_kernels(self) -> Any:
+        """A module with fused `lstm_forward`/`lstm_backward` for this library, or None.
+
+        None means xlstm runs its generic array-API code, which every library supports.
+        """
+        return None

@@ -22,6 +22,8 @@ class Unrolled(NamedTuple):
     masks: Any  # [T, B, H] dropout masks, or None
     preactivations: list  # a_t, [B, 4H] each (kept only for the backward pass)
     states: list  # the state entering each step (kept only for the backward pass)
+    kernels: Any = None  # the backend's fused kernels when they ran the loop
+    kernel_cache: Any = None  # what their backward pass needs
 
 
 def dynamic_rnn(
@@ -107,6 +109,12 @@ def _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_b
     state = cell.zero_state(batch) if initial_state is None else cell.check_state("initial_state", initial_state, batch, xp)
     namespace_of(inputs=inputs, initial_state_c=state.c, initial_state_h=state.h)
     valid = _valid_steps(sequence_length, steps, batch, inputs, xp)
+    masks = cell.dropout_masks((steps, batch, cell.num_units))
+    kernels = None if cell.layer_norm else cell.backend.library.lstm_kernels()
+    if kernels is not None:  # the backend's fused loop: the same numbers, fewer allocations
+        outputs, c, h, cache = kernels.lstm_forward(x, cell.weights, state.c, state.h, cell.forget_bias,
+                                                    masks, valid, keep_for_backward)
+        return Unrolled(xp, x, outputs, LSTMState(c, h), valid, masks, [], [], kernels, cache)
 
     bias, input_weights, recurrent_weights = cell.split_weights()
     # The input projection of all steps at once: one [T·B, I] × [I, 4H] matmul.
@@ -117,7 +125,6 @@ def _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_b
     if not cell.layer_norm:  # under layer norm the norm's shift plays the bias
         x_projected = x_projected + bias
     recurrent_t = xp.matrix_transpose(recurrent_weights)  # [H, 4H], transposed once
-    masks = cell.dropout_masks((steps, batch, cell.num_units))
     settings = cell.settings
 
     outputs, preactivations, states = [], [], []
@@ -150,6 +157,10 @@ def _backpropagate(cell: LSTMCell, run: Unrolled, d_outputs: Any, d_final_state:
         dc, dh = zeros, zeros
     else:
         dc, dh = cell.check_state("d_final_state", d_final_state, batch, xp)
+    if run.kernels is not None:
+        d_weights, d_inputs, dc, dh = run.kernels.lstm_backward(run.kernel_cache, d_out, dc, dh)
+        return {"weights": d_weights, "inputs": _batch_major(xp, d_inputs, time_major),
+                "initial_state": LSTMState(dc, dh)}
     _, input_weights, recurrent_weights = cell.split_weights()
     d_gain = d_shift = None
     d_preactivations = [None] * steps

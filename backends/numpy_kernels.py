@@ -1,0 +1,188 @@
+"""Fused NumPy kernels for the plain LSTM's time loop, forward and backward.
+
+The generic array-API code allocates fresh arrays for every operation of every step.
+These kernels compute the same numbers with in-place ufuncs (`out=`) into buffers
+allocated once per call, and keep the weights in the layout the matmuls want:
+
+- the gate rows are reordered once to f, i, o, c so the three sigmoid gates are one
+  contiguous block (σ(x) = ½·tanh(½x) + ½, in place) and the candidate's tanh another;
+- the input projection of all steps is one matmul, with the bias and forget bias added once;
+- the backward pass forms every weight gradient with one matmul after the time loop,
+  over rows [x_t, h_{t-1}] saved by the forward pass.
+Layer norm stays on the generic path.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy
+
+SIGMOID_GATES = 3  # f, i, o come first in the kernels' gate order; the candidate c is last
+
+
+def _kernel_order(units: int) -> numpy.ndarray:
+    """Row indices taking xlstm's gate blocks f, i, c, o to the kernels' f, i, o, c."""
+    f, i, c, o = (numpy.arange(k * units, (k + 1) * units) for k in range(4))
+    return numpy.concatenate([f, i, o, c])
+
+
+class ForwardCache(NamedTuple):
+    """What the backward pass needs from the forward pass (kernel gate order)."""
+
+    weights: numpy.ndarray  # W rows reordered, [4H, 1 + I + H]
+    inputs_and_h: numpy.ndarray  # [T, B, I + H]: x_t and h_{t-1}, the rows of the weight gradient
+    gates: numpy.ndarray  # activated f, i, o and tanh candidate, [T, B, 4H]
+    cells: numpy.ndarray  # c_{t-1} for every step, then c_T: [T + 1, B, H]
+    tanh_cells: numpy.ndarray  # tanh(c_t) [T, B, H]
+    masks: numpy.ndarray | None  # dropout masks [T, B, H]
+    valid: numpy.ndarray | None  # [T, B, 1] booleans
+
+
+def _sigmoid_(x: numpy.ndarray) -> None:
+    """x ← σ(x) in place, as ½·tanh(½x) + ½ (no overflow, no temporary)."""
+    numpy.multiply(x, 0.5, out=x)
+    numpy.tanh(x, out=x)
+    numpy.multiply(x, 0.5, out=x)
+    numpy.add(x, 0.5, out=x)
+
+
+def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=None, keep_for_backward=False):
+    """Unroll the plain LSTM over time-major inputs [T, B, I].
+
+    Returns (outputs [T, B, H], c_T, h_T, cache or None). Without `keep_for_backward` the
+    loop allocates nothing per step: O(B·H) buffers are reused across steps.
+    """
+    steps, batch, input_size = inputs.shape
+    units = c0.shape[1]
+    dtype = weights.dtype
+    w = weights[_kernel_order(units)]
+    bias = w[:, 0].copy()
+    bias[:units] += forget_bias
+    input_weights_t = numpy.ascontiguousarray(w[:, 1 : 1 + input_size].T)  # [I, 4H]
+    recurrent_weights_t = numpy.ascontiguousarray(w[:, 1 + input_size :].T)  # [H, 4H]
+
+    projected = numpy.matmul(inputs.reshape(steps * batch, input_size), input_weights_t)
+    projected += bias
+    projected = projected.reshape(steps, batch, 4 * units)
+    outputs = numpy.empty((steps, batch, units), dtype)
+    if keep_for_backward:
+        gates = numpy.empty((steps, batch, 4 * units), dtype)
+        cells = numpy.empty((steps + 1, batch, units), dtype)
+        tanh_cells = numpy.empty((steps, batch, units), dtype)
+        inputs_and_h = numpy.empty((steps, batch, input_size + units), dtype)
+        inputs_and_h[:, :, :input_size] = inputs
+    else:
+        step_gates, step_tanh = numpy.empty((batch, 4 * units), dtype), numpy.empty((batch, units), dtype)
+        cells = numpy.empty((2, batch, units), dtype)  # previous and new c, used in turn
+    scratch = numpy.empty((batch, units), dtype)
+    c, h = cells[0], numpy.array(h0, dtype=dtype, copy=True)
+    c[...] = c0
+    for t in range(steps):
+        a = gates[t] if keep_for_backward else step_gates
+        numpy.matmul(h, recurrent_weights_t, out=a)
+        a += projected[t]
+        _sigmoid_(a[:, : SIGMOID_GATES * units])
+        numpy.tanh(a[:, SIGMOID_GATES * units :], out=a[:, SIGMOID_GATES * units :])
+        f, i, o, g = (a[:, k * units : (k + 1) * units] for k in range(4))
+        if masks is not None:
+            numpy.multiply(g, masks[t], out=scratch)
+            g = scratch
+        c_new = cells[t + 1] if keep_for_backward else cells[(t + 1) % 2]
+        if keep_for_backward:
+            inputs_and_h[t, :, input_size:] = h
+        numpy.multiply(i, g, out=c_new)  # i ⊙ g first: `scratch` may hold g
+        numpy.multiply(f, c, out=scratch)
+        c_new += scratch
+        tanh_c = tanh_cells[t] if keep_for_backward else step_tanh
+        numpy.tanh(c_new, out=tanh_c)
+        h_new = outputs[t]
+        numpy.multiply(o, tanh_c, out=h_new)
+        if valid is not None:  # finished rows keep their state; their outputs are zero
+            finished = ~valid[t]
+            numpy.copyto(c_new, c, where=finished)
+            numpy.copyto(h, h_new, where=valid[t])
+            h_new *= valid[t]
+        else:
+            h[...] = h_new
+        c = c_new
+    final_c = numpy.array(c, copy=True)
+    cache = None
+    if keep_for_backward:
+        cache = ForwardCache(w, inputs_and_h, gates, cells, tanh_cells, masks, valid)
+    return outputs, final_c, h, cache
+
+
+def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
+    """Backpropagate through the loop of `lstm_forward`.
+
+    Returns (d_weights in xlstm's layout [4H, 1 + I + H], d_inputs [T, B, I], d_c0, d_h0).
+    """
+    steps, batch, width = cache.inputs_and_h.shape
+    units = cache.cells.shape[2]
+    input_size = width - units
+    dtype = cache.gates.dtype
+    recurrent_weights = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :])  # [4H, H]
+    d_gates = numpy.empty((steps, batch, 4 * units), dtype)
+    d_h = numpy.array(d_h, dtype=dtype, copy=True)
+    d_c = numpy.array(d_c, dtype=dtype, copy=True)
+    d_h_step, d_c_step, scratch = (numpy.empty((batch, units), dtype) for _ in range(3))
+    for t in reversed(range(steps)):
+        if d_outputs is not None:
+            numpy.add(d_h, d_outputs[t], out=d_h_step)
+        else:
+            d_h_step[...] = d_h
+        d_c_step[...] = d_c
+        if cache.valid is not None:  # padded steps pass the state's gradient straight through
+            d_h_step *= cache.valid[t]
+            d_c_step *= cache.valid[t]
+        f, i, o, g = (cache.gates[t, :, k * units : (k + 1) * units] for k in range(4))
+        d_f, d_i, d_o, d_g = (d_gates[t, :, k * units : (k + 1) * units] for k in range(4))
+        tanh_c = cache.tanh_cells[t]
+        # d_o = dh ⊙ tanh(c) ⊙ o(1 − o)
+        numpy.multiply(d_h_step, tanh_c, out=d_o)
+        numpy.multiply(o, 1.0 - o, out=scratch)
+        d_o *= scratch
+        # dc += dh ⊙ o ⊙ (1 − tanh²c)
+        numpy.multiply(tanh_c, tanh_c, out=scratch)
+        numpy.subtract(1.0, scratch, out=scratch)
+        scratch *= o
+        scratch *= d_h_step
+        d_c_step += scratch
+        # d_f = dc ⊙ c_{t-1} ⊙ f(1 − f)
+        numpy.multiply(d_c_step, cache.cells[t], out=d_f)
+        numpy.multiply(f, 1.0 - f, out=scratch)
+        d_f *= scratch
+        # d_i = dc ⊙ g̃ ⊙ i(1 − i), g̃ the candidate after dropout
+        numpy.multiply(d_c_step, g, out=d_i)
+        if cache.masks is not None:
+            d_i *= cache.masks[t]
+        numpy.multiply(i, 1.0 - i, out=scratch)
+        d_i *= scratch
+        # d_g = dc ⊙ i (⊙ mask) ⊙ (1 − g²)
+        numpy.multiply(d_c_step, i, out=d_g)
+        if cache.masks is not None:
+            d_g *= cache.masks[t]
+        numpy.multiply(g, g, out=scratch)
+        numpy.subtract(1.0, scratch, out=scratch)
+        d_g *= scratch
+        # gradients into the previous state
+        if cache.valid is not None:
+            finished = ~cache.valid[t]
+            numpy.multiply(d_c_step, f, out=scratch)
+            numpy.copyto(scratch, d_c, where=finished)
+            d_c[...] = scratch
+            numpy.matmul(d_gates[t], recurrent_weights, out=scratch)
+            numpy.add(scratch, d_h * finished, out=d_h)
+        else:
+            numpy.multiply(d_c_step, f, out=d_c)
+            numpy.matmul(d_gates[t], recurrent_weights, out=d_h)
+
+    rows = steps * batch
+    flat_d_gates = d_gates.reshape(rows, 4 * units)
+    d_weights = numpy.empty_like(cache.weights)
+    d_weights[:, 0] = flat_d_gates.sum(axis=0)
+    numpy.matmul(flat_d_gates.T, cache.inputs_and_h.reshape(rows, width), out=d_weights[:, 1:])
+    d_inputs = numpy.matmul(flat_d_gates, cache.weights[:, 1 : 1 + input_size]).reshape(steps, batch, input_size)
+    unordered = numpy.empty_like(d_weights)
+    unordered[_kernel_order(units)] = d_weights
+    return unordered, d_inputs, d_c, d_h

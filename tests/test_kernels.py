@@ -1,0 +1,71 @@
+"""The backends' fused LSTM kernels against the generic array-API code they replace."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import xlstm
+from backends.numpy_backend import NumpyLibrary
+
+
+def _run_both(monkeypatch, case, dtype):
+    """(fused, generic) results of dynamic_rnn_vjp on the numpy backend for one random case."""
+    B, T, I, H, lengths, keep, time_major, seed = case
+    rng = np.random.default_rng(seed)
+    weights, inputs = rng.normal(size=(4 * H, 1 + I + H)), rng.normal(size=(T, B, I) if time_major else (B, T, I))
+    c0, h0, d_out = rng.normal(size=(B, H)), rng.normal(size=(B, H)), rng.normal(size=inputs.shape[:2] + (H,))
+    d_c, d_h = rng.normal(size=(B, H)), rng.normal(size=(B, H))
+    on = lambda a: xlstm.asarray(a, dtype=dtype, backend="numpy")  # noqa: E731
+
+    def run():
+        cell = xlstm.LSTMCell(H, I, weights=weights, forget_bias=0.7, dropout_keep_prob=keep, seed=seed,
+                              dtype=dtype, backend="numpy")
+        outputs, final, backward = xlstm.dynamic_rnn_vjp(cell, on(inputs), xlstm.LSTMState(on(c0), on(h0)),
+                                                         sequence_length=lengths, time_major=time_major)
+        inference, _ = xlstm.dynamic_rnn(
+            xlstm.LSTMCell(H, I, weights=weights, forget_bias=0.7, dropout_keep_prob=keep, seed=seed, dtype=dtype,
+                           backend="numpy"), on(inputs), xlstm.LSTMState(on(c0), on(h0)),
+            sequence_length=lengths, time_major=time_major)
+        grads = backward(on(d_out), xlstm.LSTMState(on(d_c), on(d_h)))
+        return {"outputs": outputs, "inference": inference, "c": final.c, "h": final.h, "weights": grads["weights"],
+                "inputs": grads["inputs"], "c0": grads["initial_state"].c, "h0": grads["initial_state"].h}
+
+    fused = run()
+    monkeypatch.setattr(NumpyLibrary, "lstm_kernels", lambda self: None)
+    generic = run()
+    monkeypatch.undo()
+    return fused, generic
+
+
+@st.composite
+def cases(draw):
+    B, T = draw(st.integers(1, 5)), draw(st.integers(0, 6))
+    lengths = draw(st.none() | st.lists(st.integers(0, T), min_size=B, max_size=B))
+    return (B, T, draw(st.integers(1, 5)), draw(st.integers(1, 6)), lengths, draw(st.sampled_from([1.0, 0.6])),
+            draw(st.booleans()), draw(st.integers(0, 2**31)))
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
+@settings(max_examples=40, deadline=None)
+@given(case=cases())
+def test_numpy_kernels_equal_generic_code(dtype, tolerance, case):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        fused, generic = _run_both(monkeypatch, case, dtype)
+    for name in fused:
+        assert fused[name].dtype == generic[name].dtype, name
+        np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
+
+
+def test_kernels_are_used_on_numpy_and_skipped_under_layer_norm(monkeypatch):
+    calls = []
+    from backends import numpy_kernels
+
+    original = numpy_kernels.lstm_forward
+    monkeypatch.setattr(numpy_kernels, "lstm_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    x = xlstm.asarray(np.ones((2, 3, 4)), dtype="float32", backend="numpy")
+    xlstm.dynamic_rnn(xlstm.LSTMCell(5, 4, backend="numpy"), x)
+    assert calls == [1]
+    xlstm.dynamic_rnn(xlstm.LSTMCell(5, 4, layer_norm=True, backend="numpy"), x)
+    assert calls == [1]
