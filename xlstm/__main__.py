@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from backends import BackendError, LIBRARIES, available_backends
+from xlstm.bench import add_bench_parser
 
 
 def _print_backends(_: argparse.Namespace) -> int:
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     walk.set_defaults(run=_walkthrough)
     _add_train_parser(commands)
     _add_sample_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 

@@ -1,0 +1,195 @@
+"""`python -m xlstm bench`: the table, the JSON and the refusals; never a timing asserted."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backends import torch_reference
+from xlstm import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCH_REASON = torch_reference.unavailable_reason()
+COLUMN_TITLES = ["shape", "B×T×I×H", "step", "xlstm ms", "GFLOP/s", "% matmul", "torch ms", "GFLOP/s", "% matmul",
+                 "xlstm/torch"]
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    """A parser with only the bench subcommand, as `xlstm/__main__.py` wires it."""
+    parser = argparse.ArgumentParser(prog="python -m xlstm")
+    bench.add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def _run_command(*argv: str) -> int:
+    args = _bench_parser().parse_args(["bench", *argv])
+    return args.run(args)
+
+
+def _numbers(row: str) -> list[float]:
+    return [float(cell.replace(",", "")) for cell in re.findall(r"(?<![\w×])\d[\d,]*(?:\.\d+)?(?:e-?\d+)?(?![\w×])",
+                                                                 row)]
+
+
+def _check_figures(figures: dict, flop: int) -> None:
+    assert set(figures) == {"ms", "gflops", "percent_of_matmul", "repeats"}
+    assert figures["repeats"] == 1
+    for key in ("ms", "gflops", "percent_of_matmul"):
+        assert isinstance(figures[key], float) and math.isfinite(figures[key]) and figures[key] > 0, key
+    assert figures["gflops"] == pytest.approx(flop / (figures["ms"] * 1e-3) / 1e9)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, dict, Path]:
+    """One `bench --shapes tiny --repeats 1 --json out.json` through the command function."""
+    out = tmp_path_factory.mktemp("bench") / "out.json"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = _run_command("--shapes", "tiny", "--repeats", "1", "--json", str(out))
+    return code, printed.getvalue(), json.loads(out.read_text(encoding="utf-8")), out
+
+
+def test_tiny_table_has_its_rows_and_columns(tiny_run):
+    code, printed, results, out = tiny_run
+    assert code == 0
+    lines = printed.splitlines()
+    for prefix in ("machine ", "threads ", "versions ", "backend ", "reference ", "timing ", "matmul "):
+        assert any(line.startswith(prefix) for line in lines), prefix
+    heading = next(index for index, line in enumerate(lines) if line.startswith("shape "))
+    assert lines[heading].split() == " ".join(COLUMN_TITLES).split()
+    assert set(lines[heading + 1].replace(" ", "")) == {"-"}
+    forward, training = lines[heading + 2], lines[heading + 3]
+    assert forward.split()[:3] == ["tiny", "1×100×10×5", "forward"]
+    assert training.split()[0] == "training"
+    width = len(lines[heading])
+    assert len(forward) == len(training) == width  # aligned under the titles, right edge included
+    expected = 7 if TORCH_REASON is None else 3  # ms, GFLOP/s, % for each side and the ratio
+    assert len(_numbers(forward.split("forward", 1)[1])) == expected
+    assert len(_numbers(training.split("training", 1)[1])) == expected
+    assert printed.endswith(f"\n\nwrote {out}\n")
+    assert printed.split("\n\nwrote ")[0] == bench.format_table(results)  # the table is the JSON's figures
+
+
+def test_tiny_json_has_every_figure(tiny_run):
+    _, _, results, _ = tiny_run
+    assert {"machine", "dtype", "timing", "torch_reference", "matmul", "shapes"} <= set(results)
+    machine = results["machine"]
+    assert machine["backend"] == "numpy" and machine["cpus"] >= 1 and machine["cpu"]
+    assert machine["versions"]["numpy"] and machine["versions"]["xlstm"]
+    assert machine["threads"]["torch"] == bench.usable_cpus()
+    assert results["dtype"] == "float32" and results["timing"]["repeats"] == 1
+    matmul = results["matmul"]
+    assert matmul["size"] == 1024 and matmul["ms"] > 0 and matmul["repeats"] == 1
+    assert matmul["gflops"] == pytest.approx(2 * 1024 ** 3 / (matmul["ms"] * 1e-3) / 1e9)
+    [tiny] = results["shapes"]
+    assert (tiny["name"], tiny["batch"], tiny["steps"], tiny["input_size"], tiny["hidden_size"]) == (
+        "tiny", 1, 100, 10, 5)
+    assert tiny["forward"]["flop"] == 8 * 100 * 1 * 5 * (10 + 5)
+    assert tiny["training"]["flop"] == 3 * tiny["forward"]["flop"]
+    for step in ("forward", "training"):
+        figures = tiny[step]
+        _check_figures(figures["xlstm"], figures["flop"])
+        if TORCH_REASON is None:
+            assert results["torch_reference"]["available"] is True
+            _check_figures(figures["torch"], figures["flop"])
+            assert figures["ratio"] == pytest.approx(figures["xlstm"]["ms"] / figures["torch"]["ms"])
+        else:
+            assert figures["torch"] is None and figures["ratio"] is None
+
+
+def test_without_torch_the_table_says_why(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    reason = torch_reference.unavailable_reason()
+    assert reason is not None and "torch is not installed" in reason
+    assert torch_reference.time_torch_lstm(1, 2, 3, 4) == (None, reason)
+    assert torch_reference.get_threads() is None and torch_reference.set_threads(1) is None
+    lines: list[str] = []
+    results = bench.run_benchmark("tiny", repeats=1, write=lines.append)
+    assert results["torch_reference"] == {**results["torch_reference"], "available": False, "reason": reason}
+    assert any(line.startswith("reference ") and "not measured" in line and reason in line for line in lines)
+    [tiny] = results["shapes"]
+    assert tiny["forward"]["torch"] is None and tiny["training"]["ratio"] is None
+    assert bench.format_rows(tiny)[0].endswith("—")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shapes", "huge"], "unknown shape 'huge' in --shapes; known shapes: tiny (1×100×10×5), medium"),
+    (["--shapes", "tiny,larg"], "unknown shape 'larg'"),
+    (["--shapes", " , "], "--shapes must name at least one of tiny"),
+    (["--repeats", "0"], "repeats must be a positive integer, got 0"),
+    (["--repeats", "-2"], "repeats must be a positive integer, got -2"),
+    (["--threads", "0"], "threads must be a positive integer, got 0"),
+    (["--backend", "nope"], "unknown backend 'nope'"),
+])
+def test_bad_input_is_refused_before_measuring(argv, message):
+    with pytest.raises(ValueError) as error:  # `python -m xlstm` prints it and exits 2
+        _run_command(*argv)
+    assert message in str(error.value)
+
+
+def test_json_target_is_checked_before_measuring(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _run_command("--shapes", "tiny", "--repeats", "1", "--json", str(tmp_path / "missing" / "out.json"))
+    with pytest.raises(ValueError, match="is a folder"):
+        _run_command("--shapes", "tiny", "--repeats", "1", "--json", str(tmp_path))
+
+
+def test_write_json_is_atomic(tmp_path):
+    path = tmp_path / "out.json"
+    bench.write_json(path, {"a": 1.5})
+    assert json.loads(path.read_text()) == {"a": 1.5}
+    with pytest.raises(TypeError):
+        bench.write_json(path, {"a": object()})  # fails mid-write: the old file stays whole
+    assert json.loads(path.read_text()) == {"a": 1.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_timing_rule_counts_its_runs():
+    calls: list[int] = []
+    run = lambda: calls.append(1)  # noqa: E731
+    timing = torch_reference.median_ms(run, lambda: None, repeats=5, min_seconds=0.0)
+    assert (timing.repeats, len(calls)) == (5, 6)  # one warm-up, five timed
+    calls.clear()
+    timing = torch_reference.median_ms(run, lambda: None, repeats=None, min_seconds=0.0)
+    assert timing.repeats == torch_reference.MIN_REPEATS and len(calls) == 1 + torch_reference.MIN_REPEATS
+    assert timing.median_ms >= 0
+
+
+def test_shapes_flops_and_number_format():
+    assert bench.parse_shapes("large, tiny,tiny") == ["large", "tiny"]
+    assert bench.SHAPES == {"tiny": (1, 100, 10, 5), "medium": (32, 100, 128, 256), "large": (128, 50, 512, 512)}
+    assert bench.forward_flop((128, 50, 512, 512)) == 8 * 50 * 128 * 512 * 1024
+    assert [bench._number(v) for v in (None, 0.00123, 0.2814, 2.013, 25.34, 230.4, 1204.0)] == [
+        "—", "0.0012", "0.281", "2.01", "25.3", "230", "1,204"]
+    assert torch_reference.reference_device("numpy", "cpu") == "cpu"
+    assert torch_reference.reference_device("array_api_strict", "device1") == "cpu"
+
+
+def test_bench_names_no_array_library():
+    """House rule: xlstm/ never imports numpy, cupy or torch (backends/ does that)."""
+    source = (ROOT / "xlstm" / "bench.py").read_text(encoding="utf-8")
+    assert not re.search(r"^\s*(import|from)\s+(numpy|cupy|torch)\b", source, re.MULTILINE)
+
+
+def test_python_m_xlstm_bench(tmp_path):
+    from xlstm.__main__ import build_parser
+
+    commands = next(action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction))
+    if "bench" not in commands.choices:
+        pytest.skip("the bench subcommand is not wired into xlstm/__main__.py yet")
+    out = tmp_path / "out.json"
+    done = subprocess.run([sys.executable, "-m", "xlstm", "bench", "--shapes", "tiny", "--repeats", "1",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "tiny" in done.stdout and json.loads(out.read_text())["shapes"][0]["name"] == "tiny"
+    bad = subprocess.run([sys.executable, "-m", "xlstm", "bench", "--shapes", "huge"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "unknown shape 'huge'" in bad.stderr

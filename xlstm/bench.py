@@ -1,0 +1,423 @@
+"""`python -m xlstm bench`: xlstm's LSTM against PyTorch's `torch.nn.LSTM`, side by side.
+
+For each shape (batch, steps, input, hidden) in float32 it times, in one process and on
+the same thread count: xlstm's forward (`xlstm.dynamic_rnn`) and training step
+(`xlstm.dynamic_rnn_vjp` plus its backward for loss = ½Σ outputs², so d_outputs = outputs),
+and the same two for `torch.nn.LSTM` when torch is installed (backends/torch_reference.py).
+Each figure is the median of the timed runs after warm-up runs. It also measures the
+backend's own throughput on a 1024×1024 @ 1024×1024 float32 matmul, the yardstick for the
+"% of matmul" columns. FLOPs: forward 8·T·B·H·(I+H) (the two gate matmuls), training 3×
+that (forward, and the backward's two matmuls per weight product).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import xlstm
+from backends import get_backend, torch_reference
+from backends.torch_reference import median_ms
+
+# name: (batch, steps, input size, hidden size)
+SHAPES: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (1, 100, 10, 5),  # the article's size: per-step overhead dominates
+    "medium": (32, 100, 128, 256),
+    "large": (128, 50, 512, 512),
+}
+DEFAULT_SHAPES = "tiny,medium,large"
+MATMUL_SIZE = 1024
+MIN_SECONDS = 0.5  # the adaptive rule: timed runs of each case add up to at least this
+PASSES = ("forward", "training")
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def parse_shapes(text: str) -> list[str]:
+    """'tiny,medium' -> ['tiny', 'medium']; unknown or missing names are a ValueError."""
+    names = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not names:
+        raise ValueError(f"--shapes must name at least one of {_known_shapes()}, got {text!r}")
+    unknown = [name for name in names if name not in SHAPES]
+    if unknown:
+        raise ValueError(f"unknown shape {unknown[0]!r} in --shapes; known shapes: {_known_shapes()}")
+    return list(dict.fromkeys(names))  # in the order given, each once
+
+
+def _known_shapes() -> str:
+    return ", ".join(f"{name} ({_shape_text(shape)})" for name, shape in SHAPES.items())
+
+
+def _positive_or_none(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
+            for line in file:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Processor", "cpu model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _version(module: str) -> str | None:
+    """The installed version of the distribution that provides `module`, or None."""
+    distributions = importlib.metadata.packages_distributions().get(module, [module])
+    for distribution in distributions:
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _blas_threads_note() -> str:
+    settings = [f"{name}={os.environ[name]}" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                          "MKL_NUM_THREADS") if name in os.environ]
+    return "as configured (" + (", ".join(settings) if settings else "library default") + ")"
+
+
+def machine_description(backend: Any, threads: int, reference_device: str) -> dict[str, Any]:
+    """What the figures were measured on: CPU, threads, versions, backend and device."""
+    versions = {"python": platform.python_version(), "xlstm": xlstm.__version__}
+    for module in ("numpy", "array_api_compat", "torch", backend.name):
+        if module != "xlstm" and module not in versions:
+            versions[module] = _version(module)
+    return {
+        "cpu": cpu_model(),
+        "cpus": usable_cpus(),
+        "os_cpu_count": os.cpu_count(),
+        "platform": platform.platform(terse=True),
+        "gpu": torch_reference.accelerator_name(backend.name, backend.device),
+        "threads": {"torch": threads, "blas": _blas_threads_note()},
+        "versions": versions,
+        "backend": backend.name,
+        "device": str(backend.device),
+        "fused_kernels": backend.library.lstm_kernels() is not None,
+        "reference_device": reference_device,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def measure_matmul(backend: Any, repeats: int | None, min_seconds: float) -> dict[str, Any]:
+    """Median time and GFLOP/s of one 1024×1024 @ 1024×1024 float32 product on `backend`."""
+    xp, dtype, n = backend.xp, backend.resolve_dtype("float32"), MATMUL_SIZE
+    stream = backend.random(1)
+    a, b = stream.normal((n, n), dtype), stream.normal((n, n), dtype)
+    timing = median_ms(lambda: xp.matmul(a, b), backend.synchronize, repeats, min_seconds)
+    return {"size": n, "ms": timing.median_ms, "gflops": _gflops(2 * n ** 3, timing.median_ms),
+            "repeats": timing.repeats}
+
+
+def measure_xlstm(backend: Any, shape: tuple[int, int, int, int], repeats: int | None,
+                  min_seconds: float) -> dict[str, dict[str, Any]]:
+    """Forward and training-step medians (ms) of xlstm's LSTM on `backend`, public API only."""
+    batch, steps, input_size, hidden = shape
+    dtype = backend.resolve_dtype("float32")
+    cell = xlstm.LSTMCell(hidden, input_size, seed=0, dtype=dtype, backend=backend)
+    inputs = backend.random(0).normal((batch, steps, input_size), dtype)
+
+    def forward() -> None:
+        xlstm.dynamic_rnn(cell, inputs)
+
+    def training_step() -> None:
+        outputs, _, backward = xlstm.dynamic_rnn_vjp(cell, inputs)
+        backward(outputs)  # d(½Σ outputs²)/d outputs = outputs
+
+    gc.collect()
+    forward_timing = median_ms(forward, backend.synchronize, repeats, min_seconds)
+    gc.collect()
+    training_timing = median_ms(training_step, backend.synchronize, repeats, min_seconds)
+    return {"forward": {"ms": forward_timing.median_ms, "repeats": forward_timing.repeats},
+            "training": {"ms": training_timing.median_ms, "repeats": training_timing.repeats}}
+
+
+def forward_flop(shape: tuple[int, int, int, int]) -> int:
+    """8·T·B·H·(I+H): the input and recurrent matmuls of all four gates, multiply-adds as 2."""
+    batch, steps, input_size, hidden = shape
+    return 8 * steps * batch * hidden * (input_size + hidden)
+
+
+def _gflops(flop: float, ms: float) -> float:
+    return flop / (ms * 1e-3) / 1e9
+
+
+def _figures(flop: int, ms: float, repeats: int, matmul_gflops: float) -> dict[str, Any]:
+    gflops = _gflops(flop, ms)
+    return {"ms": ms, "gflops": gflops, "percent_of_matmul": 100.0 * gflops / matmul_gflops, "repeats": repeats}
+
+
+def run_benchmark(
+    shapes: list[str] | tuple[str, ...] | str = DEFAULT_SHAPES,
+    *,
+    backend: Any = None,
+    device: Any = None,
+    repeats: int | None = None,
+    threads: int | None = None,
+    min_seconds: float = MIN_SECONDS,
+    write: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Measure every shape; print the table through `write` as it goes (None: silent).
+
+    Returns every figure as a JSON-able dict (what `--json` writes). `repeats` None means
+    adaptive (timed runs of each case add up to `min_seconds`, at least 3 of them);
+    `threads` None means one torch thread per usable CPU. NumPy's BLAS threads are left
+    as they are.
+    """
+    names = parse_shapes(shapes) if isinstance(shapes, str) else parse_shapes(",".join(shapes))
+    repeats = _positive_or_none("repeats", repeats)
+    threads = _positive_or_none("threads", threads)
+    if not isinstance(min_seconds, (int, float)) or isinstance(min_seconds, bool) or min_seconds < 0:
+        raise ValueError(f"min_seconds must be a non-negative number, got {min_seconds!r}")
+    bench_backend = get_backend(backend, device)
+    threads = usable_cpus() if threads is None else threads
+    reference_device = torch_reference.reference_device(bench_backend.name, bench_backend.device)
+    torch_reason = torch_reference.unavailable_reason()
+    emit = write if write is not None else (lambda _line: None)
+
+    previous_threads = torch_reference.set_threads(threads)  # the xlstm torch backend runs on them too
+    try:
+        results: dict[str, Any] = {
+            "machine": machine_description(bench_backend, threads, reference_device),
+            "dtype": "float32",
+            "timing": {"warmup_runs": 1, "warmup_seconds": 0.1 * min_seconds,
+                       "repeats": repeats if repeats is not None else "adaptive", "min_seconds": min_seconds},
+            "torch_reference": {"available": torch_reason is None, "reason": torch_reason,
+                                "module": "torch.nn.LSTM(batch_first=True)", "device": reference_device},
+        }
+        for line in format_header(results):
+            emit(line)
+        results["matmul"] = measure_matmul(bench_backend, repeats, min_seconds)
+        emit(format_matmul(results))
+        emit("")
+        for line in table_heading():
+            emit(line)
+        results["shapes"] = []
+        for name in names:
+            shape = SHAPES[name]
+            measured = measure_xlstm(bench_backend, shape, repeats, min_seconds)
+            reference, reason = (None, torch_reason) if torch_reason else torch_reference.time_torch_lstm(
+                *shape, device=reference_device, threads=threads, repeats=repeats, min_seconds=min_seconds)
+            if reference is None and results["torch_reference"]["reason"] is None:
+                results["torch_reference"].update(available=False, reason=reason)
+            entry = _shape_entry(name, shape, measured, reference, results["matmul"]["gflops"])
+            results["shapes"].append(entry)
+            for line in format_rows(entry):
+                emit(line)
+        for line in format_footer(results):
+            emit(line)
+    finally:
+        if previous_threads is not None:
+            torch_reference.set_threads(previous_threads)
+    return results
+
+
+def _shape_entry(name: str, shape: tuple[int, int, int, int], measured: dict, reference: dict | None,
+                 matmul_gflops: float) -> dict[str, Any]:
+    batch, steps, input_size, hidden = shape
+    entry: dict[str, Any] = {"name": name, "batch": batch, "steps": steps, "input_size": input_size,
+                             "hidden_size": hidden}
+    for step in PASSES:
+        flop = forward_flop(shape) * (1 if step == "forward" else 3)
+        mine = _figures(flop, measured[step]["ms"], measured[step]["repeats"], matmul_gflops)
+        theirs = None if reference is None else _figures(
+            flop, reference[f"{step}_ms"], reference[f"{step}_repeats"], matmul_gflops)
+        entry[step] = {"flop": flop, "xlstm": mine, "torch": theirs,
+                       "ratio": None if theirs is None else mine["ms"] / theirs["ms"]}
+    return entry
+
+
+# ---------------------------------------------------------------- printing
+
+COLUMNS = (  # (title, width); every cell is right-aligned except the first three
+    ("shape", 7), ("B×T×I×H", 16), ("step", 9),
+    ("xlstm ms", 9), ("GFLOP/s", 8), ("% matmul", 8),
+    ("torch ms", 9), ("GFLOP/s", 8), ("% matmul", 8),
+    ("xlstm/torch", 11),
+)
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "×".join(str(size) for size in shape)
+
+
+def _number(value: float | None) -> str:
+    """About three significant figures, no exponent: 0.0012, 0.281, 2.01, 25.3, 230, 1,204."""
+    if value is None:
+        return "—"
+    if value >= 1000:
+        return f"{value:,.0f}"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    if value >= 0.1:
+        return f"{value:.3f}"
+    return f"{value:.2g}" if value > 0 else "0"
+
+
+def _row(cells: list[str]) -> str:
+    parts = []
+    for index, (cell, (_, width)) in enumerate(zip(cells, COLUMNS)):
+        parts.append(f"{cell:<{width}}" if index < 3 else f"{cell:>{width}}")
+    return "  ".join(parts).rstrip()
+
+
+def table_heading() -> list[str]:
+    """The column titles and a rule under them."""
+    return [_row([title for title, _ in COLUMNS]), _row(["-" * width for _, width in COLUMNS])]
+
+
+def format_rows(entry: dict[str, Any]) -> list[str]:
+    """The two table rows (forward, training) of one measured shape."""
+    shape = (entry["batch"], entry["steps"], entry["input_size"], entry["hidden_size"])
+    lines = []
+    for index, step in enumerate(PASSES):
+        figures, mine, theirs = entry[step], entry[step]["xlstm"], entry[step]["torch"]
+        lines.append(_row([
+            entry["name"] if index == 0 else "", _shape_text(shape) if index == 0 else "", step,
+            _number(mine["ms"]), _number(mine["gflops"]), _number(mine["percent_of_matmul"]),
+            _number(theirs and theirs["ms"]), _number(theirs and theirs["gflops"]),
+            _number(theirs and theirs["percent_of_matmul"]), _number(figures["ratio"]),
+        ]))
+    return lines
+
+
+def format_header(results: dict[str, Any]) -> list[str]:
+    """What was measured and on what: printed before the measurements start."""
+    machine = results["machine"]
+    versions = " · ".join(f"{name} {version}" for name, version in machine["versions"].items()
+                          if version is not None)
+    cpus = f"{machine['cpus']} CPUs" + ("" if machine["cpus"] == machine["os_cpu_count"]
+                                        else f" usable of {machine['os_cpu_count']}")
+    reference = results["torch_reference"]
+    torch_line = (f"{reference['module']} on {reference['device']}" if reference["available"]
+                  else f"not measured: {reference['reason']}")
+    kernels = "the backend's fused LSTM kernels" if machine["fused_kernels"] else "the generic array-API code"
+    timing = results["timing"]
+    runs = (f"{timing['repeats']} timed run(s)" if timing["repeats"] != "adaptive"
+            else f"adaptive repeats (≥ 3 timed runs adding up to ≥ {timing['min_seconds']:g} s per case)")
+    lines = [
+        "xlstm bench: LSTM forward and training step (forward + backward, loss ½Σ outputs²), "
+        f"{results['dtype']}",
+        f"machine   {machine['cpu']}, {cpus}, {machine['platform']}"
+        + (f", GPU {machine['gpu']}" if machine["gpu"] else ""),
+        f"threads   torch {machine['threads']['torch']}; numpy BLAS {machine['threads']['blas']}",
+        f"versions  {versions}",
+        f"backend   {machine['backend']} on {machine['device']}, {kernels}",
+        f"reference {torch_line}",
+        f"timing    median of the timed runs after warm-up (≥ {timing['warmup_runs']} run, "
+        f"≥ {timing['warmup_seconds']:g} s); {runs}",
+    ]
+    return lines
+
+
+def format_matmul(results: dict[str, Any]) -> str:
+    matmul, machine = results["matmul"], results["machine"]
+    n = matmul["size"]
+    return (f"matmul    {n}×{n} @ {n}×{n} float32 on {machine['backend']}: {_number(matmul['ms'])} ms = "
+            f"{_number(matmul['gflops'])} GFLOP/s (median of {matmul['repeats']}), the 100 of '% matmul'")
+
+
+def format_footer(results: dict[str, Any]) -> list[str]:
+    return ["",
+            "FLOPs: forward 8·T·B·H·(I+H), training step 3× that; GFLOP/s = FLOPs / median time;",
+            "% matmul = GFLOP/s as a share of the matmul's; xlstm/torch = ratio of times (below 1: xlstm is faster)."]
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The whole report of a finished run, as `run_benchmark` printed it."""
+    lines = [*format_header(results), format_matmul(results), "", *table_heading()]
+    for entry in results["shapes"]:
+        lines.extend(format_rows(entry))
+    return "\n".join([*lines, *format_footer(results)])
+
+
+# ---------------------------------------------------------------- files and the command line
+
+
+def write_json(path: str | os.PathLike, results: dict[str, Any]) -> None:
+    """Write `results` as JSON, atomically: a temporary file in the same folder, then os.replace."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(results, file, indent=2, ensure_ascii=False)
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _check_json_path(path: str | None) -> None:
+    """Refuse an unwritable --json target before minutes of measuring, not after."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"--json {path!r} is a folder; give a file name")
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"--json {path!r}: folder {str(target.parent)!r} does not exist")
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    """`python -m xlstm bench ...`: measure, print the table, write --json; exit code 0."""
+    _check_json_path(args.json)
+    results = run_benchmark(args.shapes, backend=args.backend, device=args.device, repeats=args.repeats,
+                            threads=args.threads)
+    if args.json is not None:
+        write_json(args.json, results)
+        print(f"\nwrote {args.json}")
+    sys.stdout.flush()
+    return 0
+
+
+def add_bench_parser(commands: Any) -> None:
+    """Add the `bench` subcommand to an argparse subparsers object."""
+    bench = commands.add_parser("bench", help="time xlstm's LSTM against torch.nn.LSTM (about a minute)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bench.add_argument("--backend", default=None, help="numpy (default), cupy, torch or array_api_strict")
+    bench.add_argument("--device", default=None, help="device of that backend")
+    bench.add_argument("--shapes", default=DEFAULT_SHAPES,
+                       help="comma-separated, of: " + ", ".join(f"{name} (B×T×I×H {_shape_text(shape)})"
+                                                                for name, shape in SHAPES.items()))
+    bench.add_argument("--repeats", type=int, default=None,
+                       help=f"timed runs per case; None: adaptive, at least 3 adding up to {MIN_SECONDS:g} s")
+    bench.add_argument("--threads", type=int, default=None,
+                       help=f"torch threads; None: one per usable CPU (here {usable_cpus()}); numpy's BLAS "
+                            "threads are left as they are")
+    bench.add_argument("--json", default=None, metavar="FILE", help="also write every figure to this JSON file")
+    bench.set_defaults(run=run_bench_command)
