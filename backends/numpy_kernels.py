@@ -13,7 +13,7 @@ Layer norm stays on the generic path.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy
 

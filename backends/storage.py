@@ -10,7 +10,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import numpy
 
@@ -21,22 +21,29 @@ class StorageError(ValueError):
     """A file that is missing, corrupt, truncated or not one of ours."""
 
 
-def write_arrays(path: str | os.PathLike, header: dict[str, Any], arrays: dict[str, Any]) -> None:
-    """Write `arrays` (NumPy arrays) and the JSON-able `header` to `path`, atomically."""
+def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Call `write(file)` on a temporary file beside `path`, flush it to disk, then move it
+    into place: readers see the old file or the new one, never half of one."""
     path = Path(path)
-    if HEADER_KEY in arrays:
-        raise ValueError(f"arrays must not use the reserved name {HEADER_KEY!r}")
-    encoded_header = numpy.frombuffer(json.dumps(header).encode("utf-8"), dtype=numpy.uint8)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
-            numpy.savez(file, **{HEADER_KEY: encoded_header}, **{k: numpy.asarray(v) for k, v in arrays.items()})
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_arrays(path: str | os.PathLike, header: dict[str, Any], arrays: dict[str, Any]) -> None:
+    """Write `arrays` (NumPy arrays) and the JSON-able `header` to `path`, atomically."""
+    if HEADER_KEY in arrays:
+        raise ValueError(f"arrays must not use the reserved name {HEADER_KEY!r}")
+    encoded_header = numpy.frombuffer(json.dumps(header).encode("utf-8"), dtype=numpy.uint8)
+    contents = {HEADER_KEY: encoded_header, **{k: numpy.asarray(v) for k, v in arrays.items()}}
+    write_atomically(path, lambda file: numpy.savez(file, **contents))
 
 
 def read_arrays(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, numpy.ndarray]]:

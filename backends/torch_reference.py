@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from backends.torch_backend import TorchLibrary
+
 MIN_REPEATS = 3  # the fewest timed runs the adaptive rule takes
 MAX_REPEATS = 100_000  # a guard for very fast calls
 MAX_WARMUP = 100
@@ -61,11 +63,7 @@ def median_ms(
 
 def unavailable_reason() -> str | None:
     """None when torch can be imported here, otherwise one line saying why not."""
-    try:
-        import torch  # noqa: F401
-    except ImportError as error:
-        return f"torch is not installed ({error}); pip install 'xlstm-array[torch]' to compare with torch.nn.LSTM"
-    return None
+    return TorchLibrary().unavailable_reason()
 
 
 def reference_device(backend_name: str, device: Any) -> str:

@@ -19,12 +19,12 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import xlstm
 from backends import get_backend, torch_reference
+from backends.storage import write_atomically
 from backends.torch_reference import median_ms
 
 # name: (batch, steps, input size, hidden size)
@@ -367,19 +367,9 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def write_json(path: str | os.PathLike, results: dict[str, Any]) -> None:
-    """Write `results` as JSON, atomically: a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(results, file, indent=2, ensure_ascii=False)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write `results` as JSON, atomically (a crash leaves any previous file whole)."""
+    text = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
+    write_atomically(path, lambda file: file.write(text.encode("utf-8")))
 
 
 def _check_json_path(path: str | None) -> None:
