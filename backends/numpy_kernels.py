@@ -4,6 +4,9 @@ The generic array-API code allocates fresh arrays for every operation of every s
 These kernels compute the same numbers with in-place ufuncs (`out=`) into buffers
 allocated once per call, and keep the weights in the layout the matmuls want:
 
+- everything inside the loop is feature-major: gates [4H, B], states [H, B]. The per-step
+  product is then W_h·h_{t-1} with the weights on the left, which OpenBLAS runs about
+  1.6× faster than h·W_hᵀ at the sizes of an LSTM step;
 - the gate rows are reordered once to f, i, o, c so the three sigmoid gates are one
   contiguous block (σ(x) = ½·tanh(½x) + ½, in place) and the candidate's tanh another;
 - the input projection of all steps is one matmul, with the bias and forget bias added once;
@@ -27,15 +30,15 @@ def _kernel_order(units: int) -> numpy.ndarray:
 
 
 class ForwardCache(NamedTuple):
-    """What the backward pass needs from the forward pass (kernel gate order)."""
+    """What the backward pass needs from the forward pass (kernel gate order, feature-major)."""
 
     weights: numpy.ndarray  # W rows reordered, [4H, 1 + I + H]
     inputs_and_h: numpy.ndarray  # [T, B, I + H]: x_t and h_{t-1}, the rows of the weight gradient
-    gates: numpy.ndarray  # activated f, i, o and tanh candidate, [T, B, 4H]
-    cells: numpy.ndarray  # c_{t-1} for every step, then c_T: [T + 1, B, H]
-    tanh_cells: numpy.ndarray  # tanh(c_t) [T, B, H]
-    masks: numpy.ndarray | None  # dropout masks [T, B, H]
-    valid: numpy.ndarray | None  # [T, B, 1] booleans
+    gates: numpy.ndarray  # activated f, i, o and tanh candidate, [T, 4H, B]
+    cells: numpy.ndarray  # c_{t-1} for every step, then c_T: [T + 1, H, B]
+    tanh_cells: numpy.ndarray  # tanh(c_t) [T, H, B]
+    masks: numpy.ndarray | None  # dropout masks [T, H, B]
+    valid: numpy.ndarray | None  # [T, 1, B] booleans
 
 
 def _sigmoid_(x: numpy.ndarray) -> None:
@@ -44,6 +47,11 @@ def _sigmoid_(x: numpy.ndarray) -> None:
     numpy.tanh(x, out=x)
     numpy.multiply(x, 0.5, out=x)
     numpy.add(x, 0.5, out=x)
+
+
+def _feature_major(array: numpy.ndarray | None) -> numpy.ndarray | None:
+    """[T, B, K] → contiguous [T, K, B] (None stays None)."""
+    return None if array is None else numpy.ascontiguousarray(array.transpose(0, 2, 1))
 
 
 def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=None, keep_for_backward=False):
@@ -58,38 +66,38 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     w = weights[_kernel_order(units)]
     bias = w[:, 0].copy()
     bias[:units] += forget_bias
-    input_weights_t = numpy.ascontiguousarray(w[:, 1 : 1 + input_size].T)  # [I, 4H]
-    recurrent_weights_t = numpy.ascontiguousarray(w[:, 1 + input_size :].T)  # [H, 4H]
+    recurrent_weights = numpy.ascontiguousarray(w[:, 1 + input_size :])  # [4H, H]
+    # All steps' input projections at once: [4H, I] · [I, T·B]; step t is columns t·B … t·B + B.
+    projected = numpy.matmul(w[:, 1 : 1 + input_size], inputs.reshape(steps * batch, input_size).T)
+    projected += bias[:, None]
+    masks, valid = _feature_major(masks), _feature_major(valid)
 
-    projected = numpy.matmul(inputs.reshape(steps * batch, input_size), input_weights_t)
-    projected += bias
-    projected = projected.reshape(steps, batch, 4 * units)
-    outputs = numpy.empty((steps, batch, units), dtype)
+    outputs = numpy.empty((steps, units, batch), dtype)
     if keep_for_backward:
-        gates = numpy.empty((steps, batch, 4 * units), dtype)
-        cells = numpy.empty((steps + 1, batch, units), dtype)
-        tanh_cells = numpy.empty((steps, batch, units), dtype)
+        gates = numpy.empty((steps, 4 * units, batch), dtype)
+        cells = numpy.empty((steps + 1, units, batch), dtype)
+        tanh_cells = numpy.empty((steps, units, batch), dtype)
         inputs_and_h = numpy.empty((steps, batch, input_size + units), dtype)
         inputs_and_h[:, :, :input_size] = inputs
     else:
-        step_gates, step_tanh = numpy.empty((batch, 4 * units), dtype), numpy.empty((batch, units), dtype)
-        cells = numpy.empty((2, batch, units), dtype)  # previous and new c, used in turn
-    scratch = numpy.empty((batch, units), dtype)
-    c, h = cells[0], numpy.array(h0, dtype=dtype, copy=True)
-    c[...] = c0
+        step_gates, step_tanh = numpy.empty((4 * units, batch), dtype), numpy.empty((units, batch), dtype)
+        cells = numpy.empty((2, units, batch), dtype)  # previous and new c, used in turn
+    scratch = numpy.empty((units, batch), dtype)
+    c, h = cells[0], numpy.ascontiguousarray(h0.T, dtype=dtype)
+    c[...] = c0.T
     for t in range(steps):
         a = gates[t] if keep_for_backward else step_gates
-        numpy.matmul(h, recurrent_weights_t, out=a)
-        a += projected[t]
-        _sigmoid_(a[:, : SIGMOID_GATES * units])
-        numpy.tanh(a[:, SIGMOID_GATES * units :], out=a[:, SIGMOID_GATES * units :])
-        f, i, o, g = (a[:, k * units : (k + 1) * units] for k in range(4))
+        numpy.matmul(recurrent_weights, h, out=a)
+        a += projected[:, t * batch : (t + 1) * batch]
+        _sigmoid_(a[: SIGMOID_GATES * units])
+        numpy.tanh(a[SIGMOID_GATES * units :], out=a[SIGMOID_GATES * units :])
+        f, i, o, g = (a[k * units : (k + 1) * units] for k in range(4))
         if masks is not None:
             numpy.multiply(g, masks[t], out=scratch)
             g = scratch
         c_new = cells[t + 1] if keep_for_backward else cells[(t + 1) % 2]
         if keep_for_backward:
-            inputs_and_h[t, :, input_size:] = h
+            inputs_and_h[t, :, input_size:] = h.T
         numpy.multiply(i, g, out=c_new)  # i ⊙ g first: `scratch` may hold g
         numpy.multiply(f, c, out=scratch)
         c_new += scratch
@@ -98,18 +106,16 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
         h_new = outputs[t]
         numpy.multiply(o, tanh_c, out=h_new)
         if valid is not None:  # finished rows keep their state; their outputs are zero
-            finished = ~valid[t]
-            numpy.copyto(c_new, c, where=finished)
+            numpy.copyto(c_new, c, where=~valid[t])
             numpy.copyto(h, h_new, where=valid[t])
             h_new *= valid[t]
         else:
             h[...] = h_new
         c = c_new
-    final_c = numpy.array(c, copy=True)
     cache = None
     if keep_for_backward:
         cache = ForwardCache(w, inputs_and_h, gates, cells, tanh_cells, masks, valid)
-    return outputs, final_c, h, cache
+    return outputs.transpose(0, 2, 1), numpy.ascontiguousarray(c.T), numpy.ascontiguousarray(h.T), cache
 
 
 def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
@@ -118,14 +124,16 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     Returns (d_weights in xlstm's layout [4H, 1 + I + H], d_inputs [T, B, I], d_c0, d_h0).
     """
     steps, batch, width = cache.inputs_and_h.shape
-    units = cache.cells.shape[2]
+    units = cache.cells.shape[1]
     input_size = width - units
     dtype = cache.gates.dtype
-    recurrent_weights = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :])  # [4H, H]
-    d_gates = numpy.empty((steps, batch, 4 * units), dtype)
-    d_h = numpy.array(d_h, dtype=dtype, copy=True)
-    d_c = numpy.array(d_c, dtype=dtype, copy=True)
-    d_h_step, d_c_step, scratch = (numpy.empty((batch, units), dtype) for _ in range(3))
+    recurrent_weights_t = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :].T)  # [H, 4H]
+    d_outputs = _feature_major(d_outputs)
+    d_gates = numpy.empty((4 * units, steps, batch), dtype)  # column block t is step t
+    d_h = numpy.ascontiguousarray(d_h.T, dtype=dtype)
+    d_c = numpy.ascontiguousarray(d_c.T, dtype=dtype)
+    d_h_step, d_c_step, scratch = (numpy.empty((units, batch), dtype) for _ in range(3))
+    step_d_gates = numpy.empty((4 * units, batch), dtype)
     for t in reversed(range(steps)):
         if d_outputs is not None:
             numpy.add(d_h, d_outputs[t], out=d_h_step)
@@ -135,12 +143,13 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
         if cache.valid is not None:  # padded steps pass the state's gradient straight through
             d_h_step *= cache.valid[t]
             d_c_step *= cache.valid[t]
-        f, i, o, g = (cache.gates[t, :, k * units : (k + 1) * units] for k in range(4))
-        d_f, d_i, d_o, d_g = (d_gates[t, :, k * units : (k + 1) * units] for k in range(4))
+        f, i, o, g = (cache.gates[t, k * units : (k + 1) * units] for k in range(4))
+        d_f, d_i, d_o, d_g = (step_d_gates[k * units : (k + 1) * units] for k in range(4))
         tanh_c = cache.tanh_cells[t]
         # d_o = dh ⊙ tanh(c) ⊙ o(1 − o)
         numpy.multiply(d_h_step, tanh_c, out=d_o)
-        numpy.multiply(o, 1.0 - o, out=scratch)
+        numpy.subtract(1.0, o, out=scratch)
+        scratch *= o
         d_o *= scratch
         # dc += dh ⊙ o ⊙ (1 − tanh²c)
         numpy.multiply(tanh_c, tanh_c, out=scratch)
@@ -150,13 +159,15 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
         d_c_step += scratch
         # d_f = dc ⊙ c_{t-1} ⊙ f(1 − f)
         numpy.multiply(d_c_step, cache.cells[t], out=d_f)
-        numpy.multiply(f, 1.0 - f, out=scratch)
+        numpy.subtract(1.0, f, out=scratch)
+        scratch *= f
         d_f *= scratch
         # d_i = dc ⊙ g̃ ⊙ i(1 − i), g̃ the candidate after dropout
         numpy.multiply(d_c_step, g, out=d_i)
         if cache.masks is not None:
             d_i *= cache.masks[t]
-        numpy.multiply(i, 1.0 - i, out=scratch)
+        numpy.subtract(1.0, i, out=scratch)
+        scratch *= i
         d_i *= scratch
         # d_g = dc ⊙ i (⊙ mask) ⊙ (1 − g²)
         numpy.multiply(d_c_step, i, out=d_g)
@@ -165,24 +176,26 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
         numpy.multiply(g, g, out=scratch)
         numpy.subtract(1.0, scratch, out=scratch)
         d_g *= scratch
+        d_gates[:, t, :] = step_d_gates
         # gradients into the previous state
         if cache.valid is not None:
             finished = ~cache.valid[t]
             numpy.multiply(d_c_step, f, out=scratch)
             numpy.copyto(scratch, d_c, where=finished)
             d_c[...] = scratch
-            numpy.matmul(d_gates[t], recurrent_weights, out=scratch)
-            numpy.add(scratch, d_h * finished, out=d_h)
+            numpy.multiply(d_h, finished, out=scratch)
+            numpy.matmul(recurrent_weights_t, step_d_gates, out=d_h)
+            d_h += scratch
         else:
             numpy.multiply(d_c_step, f, out=d_c)
-            numpy.matmul(d_gates[t], recurrent_weights, out=d_h)
+            numpy.matmul(recurrent_weights_t, step_d_gates, out=d_h)
 
     rows = steps * batch
-    flat_d_gates = d_gates.reshape(rows, 4 * units)
+    flat_d_gates = d_gates.reshape(4 * units, rows)
     d_weights = numpy.empty_like(cache.weights)
-    d_weights[:, 0] = flat_d_gates.sum(axis=0)
-    numpy.matmul(flat_d_gates.T, cache.inputs_and_h.reshape(rows, width), out=d_weights[:, 1:])
-    d_inputs = numpy.matmul(flat_d_gates, cache.weights[:, 1 : 1 + input_size]).reshape(steps, batch, input_size)
+    d_weights[:, 0] = flat_d_gates.sum(axis=1)
+    numpy.matmul(flat_d_gates, cache.inputs_and_h.reshape(rows, width), out=d_weights[:, 1:])
+    d_inputs = numpy.matmul(flat_d_gates.T, cache.weights[:, 1 : 1 + input_size]).reshape(steps, batch, input_size)
     unordered = numpy.empty_like(d_weights)
     unordered[_kernel_order(units)] = d_weights
-    return unordered, d_inputs, d_c, d_h
+    return unordered, d_inputs, numpy.ascontiguousarray(d_c.T), numpy.ascontiguousarray(d_h.T)
