@@ -83,7 +83,7 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
         step_gates, step_tanh = numpy.empty((4 * units, batch), dtype), numpy.empty((units, batch), dtype)
         cells = numpy.empty((2, units, batch), dtype)  # previous and new c, used in turn
     scratch = numpy.empty((units, batch), dtype)
-    c, h = cells[0], numpy.ascontiguousarray(h0.T, dtype=dtype)
+    c, h = cells[0], numpy.array(h0.T, dtype=dtype, order="C")  # a copy: h is updated in place
     c[...] = c0.T
     for t in range(steps):
         a = gates[t] if keep_for_backward else step_gates
@@ -130,8 +130,8 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     recurrent_weights_t = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :].T)  # [H, 4H]
     d_outputs = _feature_major(d_outputs)
     d_gates = numpy.empty((4 * units, steps, batch), dtype)  # column block t is step t
-    d_h = numpy.ascontiguousarray(d_h.T, dtype=dtype)
-    d_c = numpy.ascontiguousarray(d_c.T, dtype=dtype)
+    d_h = numpy.array(d_h.T, dtype=dtype, order="C")  # copies: both are updated in place
+    d_c = numpy.array(d_c.T, dtype=dtype, order="C")
     d_h_step, d_c_step, scratch = (numpy.empty((units, batch), dtype) for _ in range(3))
     step_d_gates = numpy.empty((4 * units, batch), dtype)
     for t in reversed(range(steps)):

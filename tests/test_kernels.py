@@ -69,3 +69,14 @@ def test_kernels_are_used_on_numpy_and_skipped_under_layer_norm(monkeypatch):
     assert calls == [1]
     xlstm.dynamic_rnn(xlstm.LSTMCell(5, 4, layer_norm=True, backend="numpy"), x)
     assert calls == [1]
+
+
+def test_kernels_never_write_into_the_callers_arrays():
+    """B = H = 1 makes a transpose contiguous: the kernels must still copy the states they update."""
+    c0, h0 = (xlstm.asarray([[0.5]], dtype="float64", backend="numpy") for _ in range(2))
+    cell = xlstm.LSTMCell(1, 1, seed=0, dtype="float64", backend="numpy")
+    x = xlstm.asarray(np.ones((1, 3, 1)), backend="numpy")
+    _, final, backward = xlstm.dynamic_rnn_vjp(cell, x, xlstm.LSTMState(c0, h0))
+    d_c, d_h = (xlstm.asarray([[1.0]], dtype="float64", backend="numpy") for _ in range(2))
+    backward(None, xlstm.LSTMState(d_c, d_h))
+    assert c0.tolist() == [[0.5]] and h0.tolist() == [[0.5]] and d_c.tolist() == [[1.0]] and d_h.tolist() == [[1.0]]
