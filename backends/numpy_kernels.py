@@ -8,7 +8,8 @@ allocated once per call, and keep the weights in the layout the matmuls want:
   product is then W_h·h_{t-1} with the weights on the left, which OpenBLAS runs about
   1.6× faster than h·W_hᵀ at the sizes of an LSTM step;
 - the gate rows are reordered once to f, i, o, c so the three sigmoid gates are one
-  contiguous block (σ(x) = ½·tanh(½x) + ½, in place) and the candidate's tanh another;
+  contiguous block; with σ(x) = ½·tanh(½x) + ½ and the inner ½ folded into the weights,
+  one in-place tanh activates all four gates;
 - the input projection of all steps is one matmul, with the bias and forget bias added once;
 - the backward pass forms every weight gradient with one matmul after the time loop,
   over rows [x_t, h_{t-1}] saved by the forward pass.
@@ -41,14 +42,6 @@ class ForwardCache(NamedTuple):
     valid: numpy.ndarray | None  # [T, 1, B] booleans
 
 
-def _sigmoid_(x: numpy.ndarray) -> None:
-    """x ← σ(x) in place, as ½·tanh(½x) + ½ (no overflow, no temporary)."""
-    numpy.multiply(x, 0.5, out=x)
-    numpy.tanh(x, out=x)
-    numpy.multiply(x, 0.5, out=x)
-    numpy.add(x, 0.5, out=x)
-
-
 def _feature_major(array: numpy.ndarray | None) -> numpy.ndarray | None:
     """[T, B, K] → contiguous [T, K, B] (None stays None)."""
     return None if array is None else numpy.ascontiguousarray(array.transpose(0, 2, 1))
@@ -64,12 +57,16 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     units = c0.shape[1]
     dtype = weights.dtype
     w = weights[_kernel_order(units)]
+    # σ(a) = ½·tanh(½a) + ½: the ½ inside is folded into the sigmoid gates' rows once, so one
+    # tanh covers all four gates each step and two in-place ops finish the sigmoids.
+    half = numpy.ones((4 * units, 1), dtype)
+    half[: SIGMOID_GATES * units] = 0.5
     bias = w[:, 0].copy()
     bias[:units] += forget_bias
-    recurrent_weights = numpy.ascontiguousarray(w[:, 1 + input_size :])  # [4H, H]
+    recurrent_weights = numpy.ascontiguousarray(w[:, 1 + input_size :] * half)  # [4H, H]
     # All steps' input projections at once: [4H, I] · [I, T·B]; step t is columns t·B … t·B + B.
-    projected = numpy.matmul(w[:, 1 : 1 + input_size], inputs.reshape(steps * batch, input_size).T)
-    projected += bias[:, None]
+    projected = numpy.matmul(w[:, 1 : 1 + input_size] * half, inputs.reshape(steps * batch, input_size).T)
+    projected += bias[:, None] * half
     masks, valid = _feature_major(masks), _feature_major(valid)
 
     outputs = numpy.empty((steps, units, batch), dtype)
@@ -80,18 +77,21 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
         inputs_and_h = numpy.empty((steps, batch, input_size + units), dtype)
         inputs_and_h[:, :, :input_size] = inputs
     else:
-        step_gates, step_tanh = numpy.empty((4 * units, batch), dtype), numpy.empty((units, batch), dtype)
+        gates = numpy.empty((1, 4 * units, batch), dtype)  # one step's gates, reused
+        tanh_cells = numpy.empty((1, units, batch), dtype)
         cells = numpy.empty((2, units, batch), dtype)  # previous and new c, used in turn
     scratch = numpy.empty((units, batch), dtype)
     c, h = cells[0], numpy.array(h0.T, dtype=dtype, order="C")  # a copy: h is updated in place
     c[...] = c0.T
+    sigmoids = SIGMOID_GATES * units
     for t in range(steps):
-        a = gates[t] if keep_for_backward else step_gates
+        a = gates[t if keep_for_backward else 0]
         numpy.matmul(recurrent_weights, h, out=a)
         a += projected[:, t * batch : (t + 1) * batch]
-        _sigmoid_(a[: SIGMOID_GATES * units])
-        numpy.tanh(a[SIGMOID_GATES * units :], out=a[SIGMOID_GATES * units :])
-        f, i, o, g = (a[k * units : (k + 1) * units] for k in range(4))
+        numpy.tanh(a, out=a)
+        numpy.multiply(a[:sigmoids], 0.5, out=a[:sigmoids])
+        a[:sigmoids] += 0.5
+        f, i, o, g = a[:units], a[units : 2 * units], a[2 * units : sigmoids], a[sigmoids:]
         if masks is not None:
             numpy.multiply(g, masks[t], out=scratch)
             g = scratch
@@ -101,21 +101,23 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
         numpy.multiply(i, g, out=c_new)  # i ⊙ g first: `scratch` may hold g
         numpy.multiply(f, c, out=scratch)
         c_new += scratch
-        tanh_c = tanh_cells[t] if keep_for_backward else step_tanh
+        tanh_c = tanh_cells[t if keep_for_backward else 0]
         numpy.tanh(c_new, out=tanh_c)
-        h_new = outputs[t]
-        numpy.multiply(o, tanh_c, out=h_new)
-        if valid is not None:  # finished rows keep their state; their outputs are zero
+        if valid is None:
+            h = outputs[t]  # the output is the next step's h: no copy
+            numpy.multiply(o, tanh_c, out=h)
+        else:  # finished rows keep their state; their outputs are zero
+            h_new = outputs[t]
+            numpy.multiply(o, tanh_c, out=h_new)
             numpy.copyto(c_new, c, where=~valid[t])
             numpy.copyto(h, h_new, where=valid[t])
             h_new *= valid[t]
-        else:
-            h[...] = h_new
         c = c_new
     cache = None
     if keep_for_backward:
         cache = ForwardCache(w, inputs_and_h, gates, cells, tanh_cells, masks, valid)
-    return outputs.transpose(0, 2, 1), numpy.ascontiguousarray(c.T), numpy.ascontiguousarray(h.T), cache
+    # copies: h may be a view of the outputs, c of the cache
+    return outputs.transpose(0, 2, 1), numpy.array(c.T, order="C"), numpy.array(h.T, order="C"), cache
 
 
 def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
