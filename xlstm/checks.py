@@ -10,7 +10,7 @@ from typing import Any
 
 import array_api_compat
 
-from backends import dtype_name, float_dtype, library_of
+from backends import dtype_name, library_of
 
 
 def namespace_of(**arrays: Any) -> Any:
@@ -43,9 +43,6 @@ def _refuse_mixture(values: dict[str, Any], error: type[Exception], what: str) -
                 f"{first_name} and {name} {what} ({first} and {value}); "
                 "move one explicitly with xlstm.asarray(..., backend=..., device=...)"
             )
-
-
-__all__ = ["float_dtype"]  # re-exported: xlstm code resolves dtypes through checks
 
 
 def device_of(x: Any) -> Any:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from backends import float_dtype
 from xlstm.checks import (
     check_integer,
     check_positive_int,
     check_range,
     device_of,
-    float_dtype,
     namespace_of,
 )
 
