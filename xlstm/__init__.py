@@ -11,26 +11,34 @@ from backends import (
     to_numpy,
     use_backend,
 )
-from xlstm import data, init, models, optim
+from xlstm import convert, data, init, models, optim
 from xlstm.cell import LSTMCell, LSTMState
 from xlstm.dense import Dense
 from xlstm.functional import log_softmax, one_hot, sigmoid, softmax
 from xlstm.losses import sequence_loss, sequence_loss_vjp, softmax_cross_entropy, softmax_cross_entropy_vjp
 from xlstm.stack import MultiRNNCell
 from xlstm.rnn import dynamic_rnn, dynamic_rnn_vjp
+from xlstm.bidirectional import bidirectional_dynamic_rnn, bidirectional_dynamic_rnn_vjp, reverse_sequence
+from xlstm.sequence import LSTM, Bidirectional, Reversed
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backend",
     "BackendError",
+    "Bidirectional",
     "Dense",
+    "LSTM",
     "LSTMCell",
     "LSTMState",
     "MultiRNNCell",
+    "Reversed",
     "asarray",
     "available_backends",
+    "bidirectional_dynamic_rnn",
+    "bidirectional_dynamic_rnn_vjp",
     "current_backend",
+    "convert",
     "dynamic_rnn",
     "dynamic_rnn_vjp",
     "data",
@@ -39,6 +47,7 @@ __all__ = [
     "optim",
     "log_softmax",
     "one_hot",
+    "reverse_sequence",
     "sequence_loss",
     "sequence_loss_vjp",
     "sigmoid",

@@ -218,6 +218,15 @@ def _batch_major(xp: Any, time_major_array: Any, time_major: bool) -> Any:
 
 def _valid_steps(sequence_length: Any, steps: int, batch: int, like: Any, xp: Any) -> Any:
     """[T, B, 1] booleans, True where step t < sequence_length[b]; None without lengths."""
+    lengths = checked_lengths(sequence_length, steps, batch, like, xp)
+    if lengths is None:
+        return None
+    positions = xp.arange(steps, device=device_of(like))
+    return (positions[:, None] < lengths[None, :])[:, :, None]
+
+
+def checked_lengths(sequence_length: Any, steps: int, batch: int, like: Any, xp: Any) -> Any:
+    """`sequence_length` as an integer [B] array on `like`'s backend, each in [0, steps]; or None."""
     if sequence_length is None:
         return None
     if isinstance(sequence_length, (list, tuple)):
@@ -226,5 +235,4 @@ def _valid_steps(sequence_length: Any, steps: int, batch: int, like: Any, xp: An
     check_integer("sequence_length", sequence_length, xp)
     check_shape("sequence_length", sequence_length, (batch,), "one length per batch row")
     check_range("sequence_length", sequence_length, xp, 0, steps, "number of time steps")
-    positions = xp.arange(steps, device=device_of(like))
-    return (positions[:, None] < sequence_length[None, :])[:, :, None]
+    return sequence_length

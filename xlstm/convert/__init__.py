@@ -1,0 +1,8 @@
+"""Weights in and out of xlstm: PyTorch, TensorFlow 1, Keras and ONNX layouts.
+
+Every converter goes through `gates.py`, which states each framework's gate order and
+folds TensorFlow's run-time forget bias in or out explicitly.
+"""
+from xlstm.convert.keras import from_keras, to_keras
+from xlstm.convert.pytorch import from_pytorch, from_pytorch_state, to_pytorch, to_pytorch_state
+from xlstm.convert.tensorflow import from_tensorflow, to_tensorflow
