@@ -40,13 +40,15 @@ def from_tensorflow(variables: dict[str, Any], forget_bias: float = 1.0, *, scop
         raise TypeError(f"variables must be a dict of name → array, got {type(variables).__name__}")
     target = get_backend(backend, device)
     groups: dict[tuple[str, int | None], dict[str, Any]] = {}
-    kinds: dict[tuple[str, int | None], str] = {}
+    paths: dict[tuple[str, int | None], str] = {}  # each cell's scope path, like rnn/fw/lstm_cell
     for name, value in variables.items():
         parsed = _parse(name, scope)
         if parsed is not None:
-            direction, layer, kind, variable = parsed
+            direction, layer, path, variable = parsed
+            if paths.setdefault((direction, layer), path) != path:
+                raise ValueError(f"variables hold more than one LSTM ({paths[(direction, layer)]} and {path}): "
+                                 "choose one with scope=")
             groups.setdefault((direction, layer), {})[variable] = value
-            kinds[(direction, layer)] = kind
     if not groups:
         raise ValueError(f"variables hold no LSTM cell variables under scope {scope!r} (names like "
                          f"'rnn/basic_lstm_cell/kernel'); got {sorted(variables)[:5]}")
@@ -56,8 +58,7 @@ def from_tensorflow(variables: dict[str, Any], forget_bias: float = 1.0, *, scop
 
     def directional(direction: str) -> LSTMCell | MultiRNNCell:
         keys = sorted((key for key in groups if key[0] == direction), key=lambda key: key[1] or 0)
-        cells = [_cell(groups[key], kinds[key], forget_bias, dtype, target, f"{direction}/" if direction else "")
-                 for key in keys]
+        cells = [_cell(groups[key], paths[key], forget_bias, dtype, target) for key in keys]
         if keys[0][1] is not None and [key[1] for key in keys] != list(range(len(keys))):
             raise ValueError(f"the multi_rnn_cell stack has cells {[key[1] for key in keys]}; expected 0 … "
                              f"{len(keys) - 1}")
@@ -94,7 +95,7 @@ def to_tensorflow(cell: LSTMCell | MultiRNNCell | Bidirectional, forget_bias: fl
 
 
 def _parse(name: str, scope: str) -> tuple[str, int | None, str, str] | None:
-    """(direction "fw"/"bw"/"", layer or None, cell scope, variable) of an LSTM variable's name."""
+    """(direction "fw"/"bw"/"", layer or None, the cell's scope path, variable) of an LSTM variable."""
     if not isinstance(name, str):
         raise TypeError(f"variable names must be strings, got {name!r}")
     if not name.startswith(scope):
@@ -107,26 +108,25 @@ def _parse(name: str, scope: str) -> tuple[str, int | None, str, str] | None:
     direction = next((part for part in reversed(outer) if part in ("fw", "bw")), "")
     layer = next((int(part[5:]) for part in reversed(outer) if re.fullmatch(r"cell_\d+", part)), None)
     variable = "/".join(parts[cell_at + 1:])
-    return direction, layer, parts[cell_at], _LEGACY_NAMES.get(variable, variable)
+    return direction, layer, "/".join(parts[:cell_at + 1]), _LEGACY_NAMES.get(variable, variable)
 
 
-def _cell(variables: dict[str, Any], kind: str, forget_bias: float, dtype: Any, backend: Backend,
-          where: str) -> LSTMCell:
-    """One LSTMCell from the variables of one TensorFlow cell scope."""
+def _cell(variables: dict[str, Any], path: str, forget_bias: float, dtype: Any, backend: Backend) -> LSTMCell:
+    """One LSTMCell from the variables under one TensorFlow cell scope `path`."""
     layer_norm = any(name.endswith("/gamma") for name in variables)
     expected = {"kernel"} | ({f"{norm}/{part}" for norm in NORM_SCOPES for part in ("gamma", "beta")}
                              if layer_norm else {"bias"})
     for name in variables:
         if name in _UNSUPPORTED:
-            raise ValueError(f"{where}{kind} has {_UNSUPPORTED[name]} ({name}), which xlstm's LSTMCell does not have")
+            raise ValueError(f"{path} has {_UNSUPPORTED[name]} ({name}), which xlstm's LSTMCell does not have")
     if set(variables) != expected:
-        raise ValueError(f"{where}{kind} must have the variables {sorted(expected)}, got {sorted(variables)}")
-    if layer_norm and kind != "layer_norm_basic_lstm_cell":
-        raise ValueError(f"{where}{kind} has layer-norm variables, which only layer_norm_basic_lstm_cell has")
+        raise ValueError(f"{path} must have the variables {sorted(expected)}, got {sorted(variables)}")
+    if layer_norm and not path.endswith("layer_norm_basic_lstm_cell"):
+        raise ValueError(f"{path} has layer-norm variables, which only layer_norm_basic_lstm_cell has")
     kernel = asarray(variables["kernel"], dtype=dtype, backend=backend)
     xp = backend.xp
     if kernel.ndim != 2 or kernel.shape[1] % 4:
-        raise ValueError(f"{where}{kind}/kernel must be [input + hidden, 4·hidden], got shape {list(kernel.shape)}")
+        raise ValueError(f"{path}/kernel must be [input + hidden, 4·hidden], got shape {list(kernel.shape)}")
     units = kernel.shape[1] // 4
     input_size = kernel.shape[0] - units
     kernel_t = xp.matrix_transpose(kernel)  # [4H, I + H], gate rows i, j, f, o
