@@ -76,25 +76,38 @@ def dynamic_rnn_vjp(
 def _stack_vjp(stack: MultiRNNCell, inputs, initial_state, sequence_length, time_major, with_backward):
     """Run the layers one after another (the same numbers as interleaving them per step)."""
     states = [None] * len(stack.cells) if initial_state is None else stack.check_state("initial_state", initial_state)
-    run_layer = dynamic_rnn_vjp if with_backward else dynamic_rnn
-    outputs, finals, backwards = inputs, [], []
-    for cell, state in zip(stack.cells, states):
-        outputs, final, *backward = run_layer(cell, outputs, state, sequence_length, time_major)
+    if not with_backward:
+        finals = []
+        for cell, state in zip(stack.cells, states):
+            inputs, final = dynamic_rnn(cell, inputs, state, sequence_length, time_major)
+            finals.append(final)
+        return inputs, tuple(finals), None
+    runs = [lambda x, state, cell=cell: dynamic_rnn_vjp(cell, x, state, sequence_length, time_major)
+            for cell in stack.cells]
+    return chain_vjp(runs, inputs, states, "cell", lambda d_state: stack.check_state("d_final_state", d_state))
+
+
+def chain_vjp(runs: list[Callable], inputs: Any, initial_states: list, prefix: str,
+              check_final_state: Callable[[Any], tuple]) -> tuple[Any, tuple, Callable[..., dict[str, Any]]]:
+    """Layers run one after another, each `run(inputs, state)` → (outputs, final, backward);
+    the chained backward walks them in reverse and keys layer k's gradients "{prefix}_k/NAME"."""
+    finals, backwards = [], []
+    for run, state in zip(runs, initial_states):
+        inputs, final, layer_backward = run(inputs, state)
         finals.append(final)
-        backwards.extend(backward)
+        backwards.append(layer_backward)
 
     def backward(d_outputs: Any = None, d_final_state: tuple | None = None) -> dict[str, Any]:
-        d_finals = [None] * len(stack.cells) if d_final_state is None else stack.check_state(
-            "d_final_state", d_final_state)
+        d_finals = [None] * len(runs) if d_final_state is None else check_final_state(d_final_state)
         grads: dict[str, Any] = {}
-        d_initial = [None] * len(stack.cells)
-        for k in reversed(range(len(stack.cells))):
+        d_initial = [None] * len(runs)
+        for k in reversed(range(len(runs))):
             layer = backwards[k](d_outputs, d_finals[k])
             d_outputs, d_initial[k] = layer.pop("inputs"), layer.pop("initial_state")
-            grads.update({f"cell_{k}/{name}": value for name, value in layer.items()})
+            grads.update({f"{prefix}_{k}/{name}": value for name, value in layer.items()})
         return {**dict(sorted(grads.items())), "inputs": d_outputs, "initial_state": tuple(d_initial)}
 
-    return outputs, tuple(finals), (backward if with_backward else None)
+    return inputs, tuple(finals), backward
 
 
 def _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_backward) -> Unrolled:

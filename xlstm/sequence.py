@@ -17,7 +17,7 @@ from backends import Backend
 from xlstm.bidirectional import bidirectional_dynamic_rnn, bidirectional_dynamic_rnn_vjp, pair, reverse_sequence
 from xlstm.cell import LSTMCell
 from xlstm.checks import check_shape, namespace_of
-from xlstm.rnn import dynamic_rnn, dynamic_rnn_vjp
+from xlstm.rnn import chain_vjp, dynamic_rnn, dynamic_rnn_vjp
 from xlstm.stack import MultiRNNCell
 
 Cell = LSTMCell | MultiRNNCell
@@ -179,26 +179,13 @@ class LSTM:
             time_major: bool = False) -> tuple[Any, tuple, Backward]:
         """The call plus `backward(d_outputs, d_final_state)` → gradients keyed "layer_K/NAME",
         "inputs" and "initial_state" (a tuple per layer)."""
-        finals, backwards = [], []
-        for layer, state in zip(self.layers, self._initial_states(initial_state)):
+        def run(layer: Layer) -> Callable:
             if isinstance(layer, (LSTMCell, MultiRNNCell)):
-                inputs, final, backward = dynamic_rnn_vjp(layer, inputs, state, sequence_length, time_major)
-            else:
-                inputs, final, backward = layer.vjp(inputs, state, sequence_length, time_major)
-            finals.append(final)
-            backwards.append(backward)
+                return lambda x, state: dynamic_rnn_vjp(layer, x, state, sequence_length, time_major)
+            return lambda x, state: layer.vjp(x, state, sequence_length, time_major)
 
-        def backward(d_outputs: Any = None, d_final_state: tuple | None = None) -> dict[str, Any]:
-            d_finals = self._initial_states(d_final_state, "d_final_state")
-            grads: dict[str, Any] = {}
-            d_initial: list[Any] = [None] * len(self.layers)
-            for k in reversed(range(len(self.layers))):
-                layer_grads = backwards[k](d_outputs, d_finals[k])
-                d_outputs, d_initial[k] = layer_grads.pop("inputs"), layer_grads.pop("initial_state")
-                grads.update({f"layer_{k}/{name}": value for name, value in layer_grads.items()})
-            return {**dict(sorted(grads.items())), "inputs": d_outputs, "initial_state": tuple(d_initial)}
-
-        return inputs, tuple(finals), backward
+        return chain_vjp([run(layer) for layer in self.layers], inputs, self._initial_states(initial_state),
+                         "layer", lambda d_state: self._initial_states(d_state, "d_final_state"))
 
     def _initial_states(self, states: Any, name: str = "initial_state") -> tuple:
         if states is None:
