@@ -20,6 +20,7 @@ from xlstm.stack import MultiRNNCell
 from xlstm.rnn import dynamic_rnn, dynamic_rnn_vjp
 from xlstm.bidirectional import bidirectional_dynamic_rnn, bidirectional_dynamic_rnn_vjp, reverse_sequence
 from xlstm.sequence import LSTM, Bidirectional, Reversed
+from xlstm.serialization import load, save
 
 __version__ = "0.1.0"
 
@@ -45,9 +46,11 @@ __all__ = [
     "init",
     "models",
     "optim",
+    "load",
     "log_softmax",
     "one_hot",
     "reverse_sequence",
+    "save",
     "sequence_loss",
     "sequence_loss_vjp",
     "sigmoid",
