@@ -60,3 +60,8 @@ class CupyLibrary(Library):
 
     def synchronize(self, device: Any) -> None:
         device.synchronize()
+
+    def lstm_kernels(self) -> Any:
+        from backends import cupy_kernels
+
+        return cupy_kernels
