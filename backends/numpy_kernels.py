@@ -13,6 +13,9 @@ allocated once per call, and keep the weights in the layout the matmuls want:
 - the input projection of all steps is one matmul, with the bias and forget bias added once;
 - the backward pass forms every weight gradient with one matmul after the time loop,
   over rows [x_t, h_{t-1}] saved by the forward pass.
+- the large buffers (the projection, the outputs, what the backward pass keeps, the gate
+  gradients) come from `backends.workspace`, which reuses memory from earlier calls: fresh
+  pages would cost a page fault each on first write, as much as the arithmetic at medium sizes.
 Layer norm stays on the generic path.
 """
 from __future__ import annotations
@@ -20,6 +23,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy
+
+from backends.workspace import WORKSPACE
+
+empty = WORKSPACE.empty  # large buffers reuse memory from earlier calls: no page faults
 
 SIGMOID_GATES = 3  # f, i, o come first in the kernels' gate order; the candidate c is last
 
@@ -44,7 +51,11 @@ class ForwardCache(NamedTuple):
 
 def _feature_major(array: numpy.ndarray | None) -> numpy.ndarray | None:
     """[T, B, K] → contiguous [T, K, B] (None stays None)."""
-    return None if array is None else numpy.ascontiguousarray(array.transpose(0, 2, 1))
+    if array is None:
+        return None
+    copy = empty((array.shape[0], array.shape[2], array.shape[1]), array.dtype)
+    numpy.copyto(copy, array.transpose(0, 2, 1))
+    return copy
 
 
 def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=None, keep_for_backward=False):
@@ -65,16 +76,17 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     bias[:units] += forget_bias
     recurrent_weights = numpy.ascontiguousarray(w[:, 1 + input_size :] * half)  # [4H, H]
     # All steps' input projections at once: [4H, I] · [I, T·B]; step t is columns t·B … t·B + B.
-    projected = numpy.matmul(w[:, 1 : 1 + input_size] * half, inputs.reshape(steps * batch, input_size).T)
+    projected = empty((4 * units, steps * batch), dtype)
+    numpy.matmul(w[:, 1 : 1 + input_size] * half, inputs.reshape(steps * batch, input_size).T, out=projected)
     projected += bias[:, None] * half
     masks, valid = _feature_major(masks), _feature_major(valid)
 
-    outputs = numpy.empty((steps, units, batch), dtype)
+    outputs = empty((steps, units, batch), dtype)
     if keep_for_backward:
-        gates = numpy.empty((steps, 4 * units, batch), dtype)
-        cells = numpy.empty((steps + 1, units, batch), dtype)
-        tanh_cells = numpy.empty((steps, units, batch), dtype)
-        inputs_and_h = numpy.empty((steps, batch, input_size + units), dtype)
+        gates = empty((steps, 4 * units, batch), dtype)
+        cells = empty((steps + 1, units, batch), dtype)
+        tanh_cells = empty((steps, units, batch), dtype)
+        inputs_and_h = empty((steps, batch, input_size + units), dtype)
         inputs_and_h[:, :, :input_size] = inputs
     else:
         gates = numpy.empty((1, 4 * units, batch), dtype)  # one step's gates, reused
@@ -131,7 +143,7 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     dtype = cache.gates.dtype
     recurrent_weights_t = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :].T)  # [H, 4H]
     d_outputs = _feature_major(d_outputs)
-    d_gates = numpy.empty((4 * units, steps, batch), dtype)  # column block t is step t
+    d_gates = empty((4 * units, steps, batch), dtype)  # column block t is step t
     d_h = numpy.array(d_h.T, dtype=dtype, order="C")  # copies: both are updated in place
     d_c = numpy.array(d_c.T, dtype=dtype, order="C")
     d_h_step, d_c_step, scratch = (numpy.empty((units, batch), dtype) for _ in range(3))
@@ -197,7 +209,8 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     d_weights = numpy.empty_like(cache.weights)
     d_weights[:, 0] = flat_d_gates.sum(axis=1)
     numpy.matmul(flat_d_gates, cache.inputs_and_h.reshape(rows, width), out=d_weights[:, 1:])
-    d_inputs = numpy.matmul(flat_d_gates.T, cache.weights[:, 1 : 1 + input_size]).reshape(steps, batch, input_size)
+    d_inputs = empty((rows, input_size), dtype)
+    numpy.matmul(flat_d_gates.T, cache.weights[:, 1 : 1 + input_size], out=d_inputs)
     unordered = numpy.empty_like(d_weights)
     unordered[_kernel_order(units)] = d_weights
-    return unordered, d_inputs, numpy.ascontiguousarray(d_c.T), numpy.ascontiguousarray(d_h.T)
+    return unordered, d_inputs.reshape(steps, batch, input_size), numpy.ascontiguousarray(d_c.T), numpy.ascontiguousarray(d_h.T)
