@@ -31,7 +31,7 @@ import xlstm
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper  # noqa: E402
+from onnx_oracle import run_lstm_operator  # noqa: E402
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 ORT_TOLERANCE = 1e-5  # ORT computes in float32 whatever xlstm's dtype
@@ -179,37 +179,11 @@ def reference_lstm(params: dict, x: np.ndarray, c0, h0, lengths):
 
 def onnx_runtime_lstm(params: dict, x: np.ndarray, c0, h0, lengths):
     """Run a one-node ONNX graph (opset 14 LSTM) in ONNX Runtime, in float32."""
-    B, T, I = x.shape
-    H = params["R"].shape[2]
-    float32 = TensorProto.FLOAT
-
-    def value(name, elem_type, shape):
-        return helper.make_tensor_value_info(name, elem_type, shape)
-
-    # Optional inputs left out are named "" (ONNX's rule for an absent optional input).
-    names = ["X", "W", "R", "B", "sequence_lens" if lengths is not None else "",
-             "initial_h" if h0 is not None else "", "initial_c" if c0 is not None else ""]
-    graph_inputs = [value("X", float32, [T, B, I]), value("W", float32, [1, 4 * H, I]),
-                    value("R", float32, [1, 4 * H, H]), value("B", float32, [1, 8 * H])]
-    feeds = {"X": np.transpose(x, (1, 0, 2)),  # ONNX is time-major: [T, B, I]
-             "W": params["W"], "R": params["R"], "B": params["B"]}
-    if lengths is not None:
-        graph_inputs.append(value("sequence_lens", TensorProto.INT32, [B]))
-        feeds["sequence_lens"] = np.asarray(lengths, np.int32)
-    if h0 is not None:
-        graph_inputs += [value("initial_h", float32, [1, B, H]), value("initial_c", float32, [1, B, H])]
-        feeds["initial_h"], feeds["initial_c"] = h0[None], c0[None]  # [1, B, H]
-    node = helper.make_node("LSTM", names, ["Y", "Y_h", "Y_c"], hidden_size=H)
-    graph = helper.make_graph(
-        [node], "lstm", graph_inputs,
-        [value("Y", float32, [T, 1, B, H]), value("Y_h", float32, [1, B, H]), value("Y_c", float32, [1, B, H])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    model.ir_version = 8  # readable by older runtimes too
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {k: np.asarray(v, np.float32) if k != "sequence_lens" else v for k, v in feeds.items()}
-    # Y is zero past each row's sequence_lens (checked against ORT 1.32), as in xlstm.
-    y, y_h, y_c = session.run(["Y", "Y_h", "Y_c"], feeds)  # [T, 1, B, H], [1, B, H] × 2
+    # ONNX is time-major: X [T, B, I], states [1, B, H]. Y is zero past each row's
+    # sequence_lens (checked against ORT 1.32), as in xlstm.
+    y, y_h, y_c = run_lstm_operator(params["W"], params["R"], params["B"], np.transpose(x, (1, 0, 2)),
+                                    lengths=lengths, initial_h=None if h0 is None else h0[None],
+                                    initial_c=None if c0 is None else c0[None])
     return np.transpose(y[:, 0], (1, 0, 2)), y_c[0], y_h[0]
 
 

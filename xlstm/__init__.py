@@ -16,6 +16,7 @@ from xlstm.cell import LSTMCell, LSTMState
 from xlstm.dense import Dense
 from xlstm.functional import log_softmax, one_hot, sigmoid, softmax
 from xlstm.losses import sequence_loss, sequence_loss_vjp, softmax_cross_entropy, softmax_cross_entropy_vjp
+from xlstm.onnx_export import export_onnx
 from xlstm.stack import MultiRNNCell
 from xlstm.rnn import dynamic_rnn, dynamic_rnn_vjp
 from xlstm.bidirectional import bidirectional_dynamic_rnn, bidirectional_dynamic_rnn_vjp, reverse_sequence
@@ -42,6 +43,7 @@ __all__ = [
     "convert",
     "dynamic_rnn",
     "dynamic_rnn_vjp",
+    "export_onnx",
     "data",
     "init",
     "models",
