@@ -25,8 +25,10 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]
     """Call `write(file)` on a temporary file beside `path`, flush it to disk, then move it
     into place: readers see the old file or the new one, never half of one."""
     path = Path(path)
+    mode = _file_mode(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temporary, mode)  # mkstemp makes files private (0600); a saved file should not be
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
@@ -35,6 +37,16 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions `path` should get: those it has, else what the umask allows a new file."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_arrays(path: str | os.PathLike, header: dict[str, Any], arrays: dict[str, Any]) -> None:

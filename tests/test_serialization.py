@@ -2,6 +2,9 @@
 outputs and dropout masks after loading, and clear refusals of bad files and objects."""
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 
@@ -229,3 +232,17 @@ def test_damaged_header_is_refused(saved_file):
         storage.write_arrays(saved_file, damaged, arrays)
         with pytest.raises(ModelFileError, match=f"model.npz is damaged: .*{message}"):
             xlstm.load(saved_file)
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    """Atomic writes go through a private temporary file; the result must not stay private."""
+    path = tmp_path / "cell.npz"
+    umask = os.umask(0o022)
+    try:
+        xlstm.save(xlstm.LSTMCell(2, 3, backend="numpy"), path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        path.chmod(0o640)
+        xlstm.save(xlstm.LSTMCell(2, 3, backend="numpy"), path)  # an existing file keeps its mode
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(umask)

@@ -8,6 +8,5 @@ from xlstm.convert.onnx import from_onnx, to_onnx_tensors
 from xlstm.convert.pytorch import from_pytorch, from_pytorch_state, to_pytorch, to_pytorch_state
 from xlstm.convert.tensorflow import from_tensorflow, to_tensorflow
 
-__all__ = ["from_keras", "from_pytorch", "from_pytorch_state", "from_tensorflow", "to_keras", "to_pytorch",
-           "to_pytorch_state", "to_tensorflow"]
-__all__ += ["from_onnx", "to_onnx_tensors"]
+__all__ = ["from_keras", "from_onnx", "from_pytorch", "from_pytorch_state", "from_tensorflow", "to_keras",
+           "to_onnx_tensors", "to_pytorch", "to_pytorch_state", "to_tensorflow"]
