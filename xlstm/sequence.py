@@ -65,9 +65,11 @@ class Reversed:
         return reverse_sequence(outputs, sequence_length, time_major), final_state, backward
 
     def parameters(self) -> dict[str, Any]:
+        """The wrapped cell's arrays, under its own names."""
         return self.cell.parameters()
 
     def to(self, backend: str | Backend, device: Any = None, dtype: Any = None) -> "Reversed":
+        """A copy on another backend/device (and dtype)."""
         return Reversed(self.cell.to(backend, device, dtype))
 
     def __repr__(self) -> str:
@@ -124,6 +126,7 @@ class Bidirectional:
                 **{f"bw/{name}": value for name, value in self.cell_bw.parameters().items()}}
 
     def to(self, backend: str | Backend, device: Any = None, dtype: Any = None) -> "Bidirectional":
+        """A copy on another backend/device (and dtype)."""
         return Bidirectional(self.cell_fw.to(backend, device, dtype), self.cell_bw.to(backend, device, dtype))
 
     def __repr__(self) -> str:
@@ -201,6 +204,7 @@ class LSTM:
                 for name, value in layer.parameters().items()}
 
     def to(self, backend: str | Backend, device: Any = None, dtype: Any = None) -> "LSTM":
+        """A copy on another backend/device (and dtype)."""
         return LSTM([layer.to(backend, device, dtype) for layer in self.layers])
 
     def __repr__(self) -> str:
