@@ -20,6 +20,7 @@ Layer norm stays on the generic path.
 """
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import numpy
@@ -58,6 +59,14 @@ def _feature_major(array: numpy.ndarray | None) -> numpy.ndarray | None:
     return copy
 
 
+def _step_views(gates, c, c_new, tanh_c, units: int) -> tuple:
+    """One step's views: gates [4H, B] whole, its sigmoid block and f, i, o, g; then c_{t-1},
+    c_t and tanh(c_t)."""
+    sigmoids = SIGMOID_GATES * units
+    return (gates, gates[:sigmoids], gates[:units], gates[units : 2 * units], gates[2 * units : sigmoids],
+            gates[sigmoids:], c, c_new, tanh_c)
+
+
 def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=None, keep_for_backward=False):
     """Unroll the plain LSTM over time-major inputs [T, B, I].
 
@@ -82,49 +91,55 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     masks, valid = _feature_major(masks), _feature_major(valid)
 
     outputs = empty((steps, units, batch), dtype)
-    if keep_for_backward:
+    if keep_for_backward:  # every step's gates and states are kept for the backward pass
         gates = empty((steps, 4 * units, batch), dtype)
         cells = empty((steps + 1, units, batch), dtype)
         tanh_cells = empty((steps, units, batch), dtype)
         inputs_and_h = empty((steps, batch, input_size + units), dtype)
         inputs_and_h[:, :, :input_size] = inputs
-    else:
-        gates = numpy.empty((1, 4 * units, batch), dtype)  # one step's gates, reused
-        tanh_cells = numpy.empty((1, units, batch), dtype)
-        cells = numpy.empty((2, units, batch), dtype)  # previous and new c, used in turn
+        views = (_step_views(gates[t], cells[t], cells[t + 1], tanh_cells[t], units) for t in range(steps))
+    else:  # one step's buffers, reused; the previous and the new c swap roles every step
+        gates = numpy.empty((4 * units, batch), dtype)
+        cells = numpy.empty((2, units, batch), dtype)
+        tanh_c = numpy.empty((units, batch), dtype)
+        pair = [_step_views(gates, cells[k], cells[1 - k], tanh_c, units) for k in (0, 1)]
+        views = itertools.islice(itertools.cycle(pair), steps)
+    cells[0][...] = c0.T
+    h = numpy.array(h0.T, dtype=dtype, order="C")  # a copy: h is updated in place
     scratch = numpy.empty((units, batch), dtype)
-    c, h = cells[0], numpy.array(h0.T, dtype=dtype, order="C")  # a copy: h is updated in place
-    c[...] = c0.T
-    sigmoids = SIGMOID_GATES * units
-    for t in range(steps):
-        a = gates[t if keep_for_backward else 0]
-        numpy.matmul(recurrent_weights, h, out=a)
-        a += projected[:, t * batch : (t + 1) * batch]
-        numpy.tanh(a, out=a)
-        numpy.multiply(a[:sigmoids], 0.5, out=a[:sigmoids])
-        a[:sigmoids] += 0.5
-        f, i, o, g = a[:units], a[units : 2 * units], a[2 * units : sigmoids], a[sigmoids:]
+    projected_steps = [projected[:, t * batch : (t + 1) * batch] for t in range(steps)]
+    matmul, tanh, multiply, copyto = numpy.matmul, numpy.tanh, numpy.multiply, numpy.copyto  # local: fewer lookups
+    # h_{t-1} for the weight gradient: without lengths it is the previous output, copied after the loop
+    carried_h_per_step = keep_for_backward and valid is not None
+    # At the article's size (B = 1, H = 5) a step is ~5 µs of call overhead: the loop body is kept
+    # to the NumPy calls themselves, every view it needs built before the loop where possible.
+    for t, (a, sigmoids, f, i, o, g, c, c_new, tanh_c) in enumerate(views):
+        matmul(recurrent_weights, h, out=a)
+        a += projected_steps[t]
+        tanh(a, out=a)
+        multiply(sigmoids, 0.5, out=sigmoids)
+        sigmoids += 0.5
         if masks is not None:
-            numpy.multiply(g, masks[t], out=scratch)
+            multiply(g, masks[t], out=scratch)
             g = scratch
-        c_new = cells[t + 1] if keep_for_backward else cells[(t + 1) % 2]
-        if keep_for_backward:
+        if carried_h_per_step:
             inputs_and_h[t, :, input_size:] = h.T
-        numpy.multiply(i, g, out=c_new)  # i ⊙ g first: `scratch` may hold g
-        numpy.multiply(f, c, out=scratch)
+        multiply(i, g, out=c_new)  # i ⊙ g first: `scratch` may hold g
+        multiply(f, c, out=scratch)
         c_new += scratch
-        tanh_c = tanh_cells[t if keep_for_backward else 0]
-        numpy.tanh(c_new, out=tanh_c)
+        tanh(c_new, out=tanh_c)
+        h_new = outputs[t]
+        multiply(o, tanh_c, out=h_new)
         if valid is None:
-            h = outputs[t]  # the output is the next step's h: no copy
-            numpy.multiply(o, tanh_c, out=h)
+            h = h_new  # the output is the next step's h: no copy
         else:  # finished rows keep their state; their outputs are zero
-            h_new = outputs[t]
-            numpy.multiply(o, tanh_c, out=h_new)
-            numpy.copyto(c_new, c, where=~valid[t])
-            numpy.copyto(h, h_new, where=valid[t])
+            copyto(c_new, c, where=~valid[t])
+            copyto(h, h_new, where=valid[t])
             h_new *= valid[t]
-        c = c_new
+    c = cells[steps] if keep_for_backward else cells[steps % 2]
+    if keep_for_backward and not carried_h_per_step and steps:
+        inputs_and_h[0, :, input_size:] = h0
+        inputs_and_h[1:, :, input_size:] = outputs[:-1].transpose(0, 2, 1)
     cache = None
     if keep_for_backward:
         cache = ForwardCache(w, inputs_and_h, gates, cells, tanh_cells, masks, valid)
@@ -148,7 +163,13 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     d_c = numpy.array(d_c.T, dtype=dtype, order="C")
     d_h_step, d_c_step, scratch = (numpy.empty((units, batch), dtype) for _ in range(3))
     step_d_gates = numpy.empty((4 * units, batch), dtype)
+    d_f, d_i, d_o, d_g = (step_d_gates[k * units : (k + 1) * units] for k in range(4))
+    slopes = numpy.empty((SIGMOID_GATES * units, batch), dtype)  # σ(1 − σ) of f, i, o: the sigmoids' slopes
+    slope_f, slope_i, slope_o = (slopes[k * units : (k + 1) * units] for k in range(SIGMOID_GATES))
+    matmul, multiply, subtract, copyto = numpy.matmul, numpy.multiply, numpy.subtract, numpy.copyto
     for t in reversed(range(steps)):
+        _, sigmoids, f, i, o, g, c_prev, _, tanh_c = _step_views(cache.gates[t], cache.cells[t], cache.cells[t + 1],
+                                                                cache.tanh_cells[t], units)
         if d_outputs is not None:
             numpy.add(d_h, d_outputs[t], out=d_h_step)
         else:
@@ -157,52 +178,45 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
         if cache.valid is not None:  # padded steps pass the state's gradient straight through
             d_h_step *= cache.valid[t]
             d_c_step *= cache.valid[t]
-        f, i, o, g = (cache.gates[t, k * units : (k + 1) * units] for k in range(4))
-        d_f, d_i, d_o, d_g = (step_d_gates[k * units : (k + 1) * units] for k in range(4))
-        tanh_c = cache.tanh_cells[t]
+        subtract(1.0, sigmoids, out=slopes)
+        slopes *= sigmoids
         # d_o = dh ⊙ tanh(c) ⊙ o(1 − o)
-        numpy.multiply(d_h_step, tanh_c, out=d_o)
-        numpy.subtract(1.0, o, out=scratch)
-        scratch *= o
-        d_o *= scratch
+        multiply(d_h_step, tanh_c, out=d_o)
+        d_o *= slope_o
         # dc += dh ⊙ o ⊙ (1 − tanh²c)
-        numpy.multiply(tanh_c, tanh_c, out=scratch)
-        numpy.subtract(1.0, scratch, out=scratch)
+        multiply(tanh_c, tanh_c, out=scratch)
+        subtract(1.0, scratch, out=scratch)
         scratch *= o
         scratch *= d_h_step
         d_c_step += scratch
         # d_f = dc ⊙ c_{t-1} ⊙ f(1 − f)
-        numpy.multiply(d_c_step, cache.cells[t], out=d_f)
-        numpy.subtract(1.0, f, out=scratch)
-        scratch *= f
-        d_f *= scratch
+        multiply(d_c_step, c_prev, out=d_f)
+        d_f *= slope_f
         # d_i = dc ⊙ g̃ ⊙ i(1 − i), g̃ the candidate after dropout
-        numpy.multiply(d_c_step, g, out=d_i)
+        multiply(d_c_step, g, out=d_i)
         if cache.masks is not None:
             d_i *= cache.masks[t]
-        numpy.subtract(1.0, i, out=scratch)
-        scratch *= i
-        d_i *= scratch
+        d_i *= slope_i
         # d_g = dc ⊙ i (⊙ mask) ⊙ (1 − g²)
-        numpy.multiply(d_c_step, i, out=d_g)
+        multiply(d_c_step, i, out=d_g)
         if cache.masks is not None:
             d_g *= cache.masks[t]
-        numpy.multiply(g, g, out=scratch)
-        numpy.subtract(1.0, scratch, out=scratch)
+        multiply(g, g, out=scratch)
+        subtract(1.0, scratch, out=scratch)
         d_g *= scratch
         d_gates[:, t, :] = step_d_gates
         # gradients into the previous state
         if cache.valid is not None:
             finished = ~cache.valid[t]
-            numpy.multiply(d_c_step, f, out=scratch)
-            numpy.copyto(scratch, d_c, where=finished)
+            multiply(d_c_step, f, out=scratch)
+            copyto(scratch, d_c, where=finished)
             d_c[...] = scratch
-            numpy.multiply(d_h, finished, out=scratch)
-            numpy.matmul(recurrent_weights_t, step_d_gates, out=d_h)
+            multiply(d_h, finished, out=scratch)
+            matmul(recurrent_weights_t, step_d_gates, out=d_h)
             d_h += scratch
         else:
-            numpy.multiply(d_c_step, f, out=d_c)
-            numpy.matmul(recurrent_weights_t, step_d_gates, out=d_h)
+            multiply(d_c_step, f, out=d_c)
+            matmul(recurrent_weights_t, step_d_gates, out=d_h)
 
     rows = steps * batch
     flat_d_gates = d_gates.reshape(4 * units, rows)
