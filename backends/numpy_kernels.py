@@ -167,6 +167,9 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     slopes = numpy.empty((SIGMOID_GATES * units, batch), dtype)  # σ(1 − σ) of f, i, o: the sigmoids' slopes
     slope_f, slope_i, slope_o = (slopes[k * units : (k + 1) * units] for k in range(SIGMOID_GATES))
     matmul, multiply, subtract, copyto = numpy.matmul, numpy.multiply, numpy.subtract, numpy.copyto
+    masks, valid = cache.masks, cache.valid
+    if valid is None:  # dc is updated in place: its new value is computed last, from d_c_step ⊙ f
+        d_c_step = d_c
     for t in reversed(range(steps)):
         _, sigmoids, f, i, o, g, c_prev, _, tanh_c = _step_views(cache.gates[t], cache.cells[t], cache.cells[t + 1],
                                                                 cache.tanh_cells[t], units)
@@ -174,10 +177,9 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
             numpy.add(d_h, d_outputs[t], out=d_h_step)
         else:
             d_h_step[...] = d_h
-        d_c_step[...] = d_c
-        if cache.valid is not None:  # padded steps pass the state's gradient straight through
-            d_h_step *= cache.valid[t]
-            d_c_step *= cache.valid[t]
+        if valid is not None:  # padded steps pass the state's gradient straight through
+            multiply(d_c, valid[t], out=d_c_step)
+            d_h_step *= valid[t]
         subtract(1.0, sigmoids, out=slopes)
         slopes *= sigmoids
         # d_o = dh ⊙ tanh(c) ⊙ o(1 − o)
@@ -194,20 +196,20 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
         d_f *= slope_f
         # d_i = dc ⊙ g̃ ⊙ i(1 − i), g̃ the candidate after dropout
         multiply(d_c_step, g, out=d_i)
-        if cache.masks is not None:
-            d_i *= cache.masks[t]
+        if masks is not None:
+            d_i *= masks[t]
         d_i *= slope_i
         # d_g = dc ⊙ i (⊙ mask) ⊙ (1 − g²)
         multiply(d_c_step, i, out=d_g)
-        if cache.masks is not None:
-            d_g *= cache.masks[t]
+        if masks is not None:
+            d_g *= masks[t]
         multiply(g, g, out=scratch)
         subtract(1.0, scratch, out=scratch)
         d_g *= scratch
         d_gates[:, t, :] = step_d_gates
         # gradients into the previous state
-        if cache.valid is not None:
-            finished = ~cache.valid[t]
+        if valid is not None:
+            finished = ~valid[t]
             multiply(d_c_step, f, out=scratch)
             copyto(scratch, d_c, where=finished)
             d_c[...] = scratch
