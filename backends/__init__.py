@@ -1,7 +1,7 @@
 """The only package that names array libraries: selection, devices, transfers, RNG, sync."""
-from backends.backend import Backend, dtype_name, float_dtype
-from backends.random import RandomStream
-from backends.selection import (
+from xlstm_backends.backend import Backend, dtype_name, float_dtype
+from xlstm_backends.random import RandomStream
+from xlstm_backends.selection import (
     LIBRARIES,
     BackendError,
     available_backends,
@@ -9,7 +9,7 @@ from backends.selection import (
     get_backend,
     use_backend,
 )
-from backends.transfer import asarray, library_of, to_numpy
+from xlstm_backends.transfer import asarray, library_of, to_numpy
 
 __all__ = [
     "LIBRARIES",

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy
 
-from backends.library import Library
-from backends.random import RandomStream
+from xlstm_backends.library import Library
+from xlstm_backends.random import RandomStream
 
 
 @dataclass(frozen=True)

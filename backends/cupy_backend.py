@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy
 
-from backends.library import Library
+from xlstm_backends.library import Library
 
 
 class CupyLibrary(Library):
@@ -62,6 +62,6 @@ class CupyLibrary(Library):
         device.synchronize()
 
     def lstm_kernels(self) -> Any:
-        from backends import cupy_kernels
+        from xlstm_backends import cupy_kernels
 
         return cupy_kernels

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy
 
-from backends.library import Library
+from xlstm_backends.library import Library
 
 
 class NumpyLibrary(Library):
@@ -35,6 +35,6 @@ class NumpyLibrary(Library):
         return numpy.array(x, copy=True)
 
     def lstm_kernels(self) -> Any:
-        from backends import numpy_kernels
+        from xlstm_backends import numpy_kernels
 
         return numpy_kernels

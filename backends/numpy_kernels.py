@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy
 
-from backends.workspace import WORKSPACE
+from xlstm_backends.workspace import WORKSPACE
 
 empty = WORKSPACE.empty  # large buffers reuse memory from earlier calls: no page faults
 

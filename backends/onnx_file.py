@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy
 
-from backends.storage import write_atomically
+from xlstm_backends.storage import write_atomically
 
 ELEMENT_TYPES = {"float32": "FLOAT", "float64": "DOUBLE", "int32": "INT32", "int64": "INT64"}
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy
 
 if TYPE_CHECKING:
-    from backends.backend import Backend
+    from xlstm_backends.backend import Backend
 
 
 class RandomStream:

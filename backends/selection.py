@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from backends.backend import Backend
-from backends.cupy_backend import CupyLibrary
-from backends.library import Library
-from backends.numpy_backend import NumpyLibrary
-from backends.strict_backend import StrictLibrary
-from backends.torch_backend import TorchLibrary
+from xlstm_backends.backend import Backend
+from xlstm_backends.cupy_backend import CupyLibrary
+from xlstm_backends.library import Library
+from xlstm_backends.numpy_backend import NumpyLibrary
+from xlstm_backends.strict_backend import StrictLibrary
+from xlstm_backends.torch_backend import TorchLibrary
 
 LIBRARIES: dict[str, Library] = {
     library.name: library for library in (NumpyLibrary(), CupyLibrary(), TorchLibrary(), StrictLibrary())

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy
 
-from backends.library import Library
+from xlstm_backends.library import Library
 
 
 class StrictLibrary(Library):

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from backends.torch_backend import TorchLibrary
+from xlstm_backends.torch_backend import TorchLibrary
 
 MIN_REPEATS = 3  # the fewest timed runs the adaptive rule takes
 MAX_REPEATS = 100_000  # a guard for very fast calls

@@ -5,9 +5,9 @@ from typing import Any
 
 import numpy
 
-from backends.backend import Backend
-from backends.library import Library
-from backends.selection import LIBRARIES, get_backend
+from xlstm_backends.backend import Backend
+from xlstm_backends.library import Library
+from xlstm_backends.selection import LIBRARIES, get_backend
 
 
 def library_of(x: Any) -> Library | None:

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-import backends
+import xlstm_backends as backends
 
 BACKEND_CASES = [
     ("numpy", None, "numpy"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import backends
+import xlstm_backends as backends
 import xlstm
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backends import torch_reference
+from xlstm_backends import torch_reference
 from xlstm import bench
 
 ROOT = Path(__file__).resolve().parents[1]

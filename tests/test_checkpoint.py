@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import xlstm
-from backends import storage
+from xlstm_backends import storage
 from xlstm.checkpoint import FORMAT, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from xlstm.data import Vocabulary
 from xlstm.models import CharLM

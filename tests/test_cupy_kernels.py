@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from test_kernels import cases
 
 import xlstm
-from backends import available_backends
-from backends.cupy_backend import CupyLibrary
+from xlstm_backends import available_backends
+from xlstm_backends.cupy_backend import CupyLibrary
 
 UNAVAILABLE = available_backends()["cupy"]
 pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"cupy unavailable: {UNAVAILABLE}")
@@ -61,7 +61,7 @@ def test_cupy_kernels_equal_generic_code(dtype, tolerance, case):
 
 
 def test_cupy_kernels_are_used_and_skipped_under_layer_norm(monkeypatch):
-    from backends import cupy_kernels
+    from xlstm_backends import cupy_kernels
 
     calls = []
     original = cupy_kernels.lstm_forward
@@ -90,7 +90,7 @@ def test_graph_replays_equal_the_plain_loop(monkeypatch, masked, lengths):
     """
     import cupy
 
-    from backends import cupy_kernels, numpy_kernels
+    from xlstm_backends import cupy_kernels, numpy_kernels
 
     if cupy.cuda.runtime.is_hip:
         pytest.skip("CuPy does not capture CUDA graphs on HIP")

@@ -8,7 +8,7 @@ import array_api_compat
 import numpy as np
 import pytest
 
-import backends
+import xlstm_backends as backends
 import xlstm
 from xlstm.data import (
     DEFAULT_CORPUS_FILES,

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import xlstm
-from backends.numpy_backend import NumpyLibrary
+from xlstm_backends.numpy_backend import NumpyLibrary
 
 
 def _run_both(monkeypatch, case, dtype):
@@ -60,7 +60,7 @@ def test_numpy_kernels_equal_generic_code(dtype, tolerance, case):
 
 def test_kernels_are_used_on_numpy_and_skipped_under_layer_norm(monkeypatch):
     calls = []
-    from backends import numpy_kernels
+    from xlstm_backends import numpy_kernels
 
     original = numpy_kernels.lstm_forward
     monkeypatch.setattr(numpy_kernels, "lstm_forward", lambda *a, **k: calls.append(1) or original(*a, **k))

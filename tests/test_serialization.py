@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import xlstm
-from backends import dtype_name, storage
+from xlstm_backends import dtype_name, storage
 from xlstm.checks import device_of
 from xlstm.models import CharLM
 from xlstm.serialization import FORMAT, VERSION, ModelFileError

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import backends
+import xlstm_backends as backends
 from xlstm.walkthrough import walkthrough
 
 ROOT = Path(__file__).resolve().parents[1]

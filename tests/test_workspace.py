@@ -1,10 +1,10 @@
-"""backends.workspace: pooled buffers are reused only once nothing refers to them."""
+"""xlstm_backends.workspace: pooled buffers are reused only once nothing refers to them."""
 from __future__ import annotations
 
 import numpy as np
 
 import xlstm
-from backends.workspace import SMALL_BYTES, Workspace
+from xlstm_backends.workspace import SMALL_BYTES, Workspace
 
 LARGE = (SMALL_BYTES // 4, 2)  # float32 elements: twice the pooling threshold
 

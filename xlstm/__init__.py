@@ -2,7 +2,7 @@
 
 It follows TensorFlow 1's `LayerNormBasicLSTMCell` and `dynamic_rnn`; see README.md.
 """
-from backends import (
+from xlstm_backends import (
     Backend,
     BackendError,
     asarray,

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Any
 
-from backends import BackendError, LIBRARIES, available_backends
+from xlstm_backends import BackendError, LIBRARIES, available_backends
 from xlstm.bench import add_bench_parser
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import xlstm
-from backends import get_backend, torch_reference
-from backends.storage import write_atomically
-from backends.torch_reference import median_ms
+from xlstm_backends import get_backend, torch_reference
+from xlstm_backends.storage import write_atomically
+from xlstm_backends.torch_reference import median_ms
 
 # name: (batch, steps, input size, hidden size)
 SHAPES: dict[str, tuple[int, int, int, int]] = {

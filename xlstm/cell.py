@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from backends import Backend, asarray, dtype_name, get_backend
+from xlstm_backends import Backend, asarray, dtype_name, get_backend
 from xlstm import init
 from xlstm.checks import (
     check_float,

@@ -1,6 +1,6 @@
 """Training checkpoints of a CharLM: model, optimiser state, vocabulary, configuration,
 random-number states, the carried LSTM state, the step and the loss history, in one
-`.npz` file written atomically (see `backends.storage`)."""
+`.npz` file written atomically (see `xlstm_backends.storage`)."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backends import Backend, asarray, dtype_name, get_backend, to_numpy
-from backends.storage import StorageError, read_arrays, write_arrays
+from xlstm_backends import Backend, asarray, dtype_name, get_backend, to_numpy
+from xlstm_backends.storage import StorageError, read_arrays, write_arrays
 from xlstm.cell import LSTMState
 from xlstm.data import Vocabulary
 from xlstm.models import CharLM

@@ -10,7 +10,7 @@ from typing import Any
 
 import array_api_compat
 
-from backends import dtype_name, library_of
+from xlstm_backends import dtype_name, library_of
 
 
 def namespace_of(**arrays: Any) -> Any:

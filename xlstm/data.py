@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from backends import Backend, asarray, get_backend
+from xlstm_backends import Backend, asarray, get_backend
 from xlstm.checks import check_positive_int
 
 LEVELS = ("char", "word")

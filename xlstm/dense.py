@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from backends import Backend, asarray, dtype_name, get_backend
+from xlstm_backends import Backend, asarray, dtype_name, get_backend
 from xlstm import init
 from xlstm.checks import check_float, check_positive_int, check_shape, device_of, namespace_of
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends import float_dtype
+from xlstm_backends import float_dtype
 from xlstm.checks import (
     check_integer,
     check_positive_int,

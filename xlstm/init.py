@@ -1,7 +1,7 @@
 """Weight initialisers: constant, uniform, glorot_uniform, orthogonal (all seeded).
 
 An initialiser is called as `init(shape, dtype, stream)` where `stream` is a
-`backends.RandomStream`; it returns an array of that shape on the stream's backend.
+`xlstm_backends.RandomStream`; it returns an array of that shape on the stream's backend.
 Wherever a model takes an `initializer`, it also accepts a Python float (a constant),
 a name such as "orthogonal", or one of the factory functions below, uncalled.
 """
@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from backends import RandomStream
+from xlstm_backends import RandomStream
 
 
 class Initializer:

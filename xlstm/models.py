@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from backends import Backend, asarray, get_backend
+from xlstm_backends import Backend, asarray, get_backend
 from xlstm import init
 from xlstm.cell import LSTMCell, LSTMState
 from xlstm.checks import check_integer, check_positive_int, check_range, check_shape, namespace_of

@@ -1,7 +1,7 @@
 """`export_onnx`: an xlstm model as a graph of ONNX `LSTM` operators, for ONNX Runtime and others.
 
 This module decides the graph (which operators, wired how, with which weights) as a
-library-neutral `Graph`; `backends.onnx_file` turns that into a checked ONNX file. Layout:
+library-neutral `Graph`; `xlstm_backends.onnx_file` turns that into a checked ONNX file. Layout:
 
     inputs [batch, time, I] ─Transpose→ [T, B, I] ─LSTM ops…→ [T, B, H] ─Transpose→ outputs [batch, time, H]
                                                                       (─MatMul, Add→ logits)
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends import Backend, to_numpy
-from backends.onnx_file import write_onnx
+from xlstm_backends import Backend, to_numpy
+from xlstm_backends.onnx_file import write_onnx
 from xlstm.cell import LSTMCell
 from xlstm.convert.onnx import host_copy, operator_tensors
 from xlstm.dense import Dense

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-from backends import asarray, library_of
+from xlstm_backends import asarray, library_of
 from xlstm.cell import LSTMCell, LSTMState, lstm_step
 from xlstm.cell_grad import lstm_step_vjp
 from xlstm.checks import check_integer, check_range, check_shape, device_of, namespace_of

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from backends import Backend
+from xlstm_backends import Backend
 from xlstm.bidirectional import bidirectional_dynamic_rnn, bidirectional_dynamic_rnn_vjp, pair, reverse_sequence
 from xlstm.cell import LSTMCell
 from xlstm.checks import check_shape, namespace_of

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from backends import Backend, asarray, dtype_name, get_backend, to_numpy
-from backends.storage import StorageError, read_arrays, write_arrays
+from xlstm_backends import Backend, asarray, dtype_name, get_backend, to_numpy
+from xlstm_backends.storage import StorageError, read_arrays, write_arrays
 from xlstm.cell import LSTMCell
 from xlstm.dense import Dense
 from xlstm.models import CharLM

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends import Backend
+from xlstm_backends import Backend
 from xlstm.cell import LSTMCell, LSTMState
 
 

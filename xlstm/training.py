@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from backends import Backend, get_backend, to_numpy
+from xlstm_backends import Backend, get_backend, to_numpy
 from xlstm import optim
 from xlstm.checkpoint import FILE_NAME, Checkpoint, load_checkpoint, save_checkpoint
 from xlstm.data import BatchStream, Vocabulary, split_train_validation

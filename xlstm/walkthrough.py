@@ -15,7 +15,7 @@ import math
 from typing import Any, Callable
 
 import xlstm
-from backends import dtype_name
+from xlstm_backends import dtype_name
 from xlstm.cell import GATES, LSTMState
 
 SENTENCE = "long ago the mice had a general council to consider the"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends import Backend, asarray, get_backend, to_numpy
+from xlstm_backends import Backend, asarray, get_backend, to_numpy
 from xlstm.cell import LSTMCell
 from xlstm.convert.gates import KERAS, GateParts, cell_from_parts, parts_from_cell
 from xlstm.sequence import LSTM, Bidirectional

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends import Backend, asarray, float_dtype, get_backend, to_numpy
+from xlstm_backends import Backend, asarray, float_dtype, get_backend, to_numpy
 from xlstm.cell import LSTMCell
 from xlstm.checks import check_shape, namespace_of
 from xlstm.convert.gates import ONNX, GateParts, cell_from_parts, parts_from_cell

@@ -4,14 +4,14 @@ PyTorch stores, per layer and direction, `weight_ih [4H, I]`, `weight_hh [4H, H]
 biases that are simply added, gates i, f, g, o, and no run-time forget bias. Layer k of a
 bidirectional `nn.LSTM` reads both directions' outputs of layer k-1, concatenated: that
 is an `xlstm.LSTM` of `Bidirectional` layers. torch is never imported here: modules are
-read through `state_dict()` and tensors moved with `backends.asarray`.
+read through `state_dict()` and tensors moved with `xlstm_backends.asarray`.
 """
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from backends import Backend, asarray, get_backend
+from xlstm_backends import Backend, asarray, get_backend
 from xlstm.cell import LSTMCell, LSTMState
 from xlstm.checks import namespace_of
 from xlstm.convert.gates import PYTORCH, GateParts, cell_from_parts, parts_from_cell

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from backends import Backend, asarray, get_backend, to_numpy
+from xlstm_backends import Backend, asarray, get_backend, to_numpy
 from xlstm.cell import LSTMCell
 from xlstm.convert.gates import TENSORFLOW, GateParts, cell_from_parts, parts_from_cell, weight_parts
 from xlstm.sequence import Bidirectional
