@@ -70,11 +70,11 @@ class SingleProcess(Communicator):
         return buffer
 
     def broadcast(self, value: Any, root: int = 0) -> Any:
-        _check_root(root, 1)
+        check_root(root, 1)
         return value
 
     def gather(self, value: Any, root: int = 0) -> list[Any] | None:
-        _check_root(root, 1)
+        check_root(root, 1)
         return [value]
 
     def barrier(self) -> None:
@@ -170,6 +170,6 @@ def device_for_rank(backend_name: str, device: Any, local_rank: int) -> Any:
     return device
 
 
-def _check_root(root: int, size: int) -> None:
+def check_root(root: int, size: int) -> None:
     if isinstance(root, bool) or not isinstance(root, int) or not 0 <= root < size:
         raise ValueError(f"root must be a rank in 0..{size - 1}, got {root!r}")

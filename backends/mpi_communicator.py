@@ -13,7 +13,7 @@ import array_api_compat
 import numpy
 from mpi4py import MPI
 
-from xlstm_backends.communicator import Communicator, _check_root
+from xlstm_backends.communicator import Communicator, check_root
 from xlstm_backends.transfer import library_of, to_numpy
 
 GPU_LIBRARIES = ("cupy", "torch")
@@ -50,11 +50,11 @@ class MPICommunicator(Communicator):
         return total
 
     def broadcast(self, value: Any, root: int = 0) -> Any:
-        _check_root(root, self.size)
+        check_root(root, self.size)
         return self.comm.bcast(value, root=root)
 
     def gather(self, value: Any, root: int = 0) -> list[Any] | None:
-        _check_root(root, self.size)
+        check_root(root, self.size)
         return self.comm.gather(value, root=root)
 
     def barrier(self) -> None:

@@ -104,3 +104,12 @@ def test_an_error_on_one_rank_ends_the_job_instead_of_hanging(tmp_path: Path) ->
 
 def test_input_refused_on_every_rank_exits_2(tmp_path: Path) -> None:
     assert launch("refusing_ranks", tmp_path, timeout=30.0).returncode == 2
+
+
+def test_a_launcher_of_another_mpi_library_is_named_not_ignored():
+    # Open MPI's mpirun starting ranks that load MPICH: each rank would think it is alone.
+    environment = {**os.environ, "OMPI_COMM_WORLD_SIZE": "2"}
+    done = subprocess.run([sys.executable, "-c", "import xlstm_backends; xlstm_backends.get_communicator()"],
+                          capture_output=True, text=True, timeout=60, env=environment)
+    assert done.returncode != 0
+    assert "the launcher started 2 ranks but mpi4py's MPI sees 1" in done.stderr

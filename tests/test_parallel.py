@@ -14,6 +14,7 @@ import xlstm
 import xlstm_backends as backends
 from xlstm.cell import LSTMState
 from xlstm.models import CharLM
+from xlstm.parallel_bench import bench_allreduce, format_rows
 from xlstm.parallel import (
     concat_states,
     local_loss_sum,
@@ -191,3 +192,12 @@ def test_cpu_devices_are_kept_for_every_rank():
     assert backends.device_for_rank("numpy", None, 3) is None
     assert backends.device_for_rank("array_api_strict", "device1", 1) == "device1"
     assert backends.device_for_rank("torch", "cpu", 1) == "cpu"
+
+
+def test_the_allreduce_benchmark_counts_every_parameter():
+    tiny = {"tiny": {"vocab_size": 7, "embedding_size": 3, "hidden_size": 4, "num_layers": 2}}
+    [row] = bench_allreduce(SingleProcess(), repeats=2, models=tiny)
+    # embedding 7·3, layers 4H(1+I+H) with I = 3 then 4, dense 4·7 + 7
+    assert row["parameters"] == 7 * 3 + 16 * (1 + 3 + 4) + 16 * (1 + 4 + 4) + 4 * 7 + 7
+    assert row["allreduce_ms"] >= 0 and row["average_ms"] >= 0
+    assert "tiny" in format_rows([row], SingleProcess())
