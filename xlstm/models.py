@@ -64,6 +64,21 @@ class CharLM:
         self.dense = Dense(vocab_size, hidden_size, dtype=self.dtype, seed=layer_seed(num_layers + 1),
                            backend=self.backend)
 
+    @property
+    def training(self) -> bool:
+        """True while training (dropout on); False in inference, after eval()."""
+        return self.stack.cells[0].training
+
+    def train(self, mode: bool = True) -> "CharLM":
+        """Switch every cell to training (mode=True, the default) or inference; returns self."""
+        for cell in self.stack.cells:
+            cell.train(mode)
+        return self
+
+    def eval(self) -> "CharLM":
+        """Switch to inference: no dropout; returns self."""
+        return self.train(False)
+
     def config(self) -> dict[str, Any]:
         """The constructor's settings (without arrays), to rebuild or save the model."""
         return {"vocab_size": self.vocab_size, "embedding_size": self.embedding_size,
@@ -114,13 +129,13 @@ class CharLM:
         loss, loss_backward = softmax_cross_entropy_vjp(logits, targets)
         dense_grads = dense_backward(loss_backward())
         rnn_grads = rnn_backward(dense_grads["inputs"])
-        # The embedding's gradient adds each position's input gradient to its token's row:
-        # a scatter-add, written as one-hotᵀ · d_inputs since the array API has no scatter.
+        # The embedding's gradient adds each position's input gradient to its token's row: a
+        # scatter-add, which the array API lacks, so the backend's library supplies it.
         flat_ids = xp.reshape(inputs, (-1,))
-        one_hot = xp.astype(flat_ids[:, None] == xp.arange(self.vocab_size, device=self.backend.device), self.dtype)
         d_embedded = xp.reshape(rnn_grads.pop("inputs"), (flat_ids.shape[0], self.embedding_size))
+        d_embedding = self.backend.library.scatter_add_rows(self.vocab_size, flat_ids, d_embedded)
         rnn_grads.pop("initial_state")
-        grads = {"embedding": xp.matrix_transpose(one_hot) @ d_embedded, **rnn_grads,
+        grads = {"embedding": d_embedding, **rnn_grads,
                  "dense/kernel": dense_grads["kernel"], "dense/bias": dense_grads["bias"]}
         return LossAndGrads(loss, grads, final_state)
 
@@ -146,9 +161,8 @@ class CharLM:
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
         xp, stream = self.backend.xp, self.backend.random(seed, stream=3)
         ids = asarray([list(prompt)], backend=self.backend)
-        keep = [cell.dropout_keep_prob for cell in self.stack.cells]
-        for cell in self.stack.cells:  # sampling is inference: no dropout
-            cell.dropout_keep_prob = 1.0
+        training = self.training
+        self.eval()  # sampling is inference: no dropout
         try:
             outputs, state = dynamic_rnn(self.stack, self._embed(ids))
             h, generated = outputs[:, -1, :], []
@@ -157,8 +171,7 @@ class CharLM:
                 generated.append(token)
                 h, state = self.stack(self._embed(asarray([[token]], backend=self.backend))[:, 0, :], state)
         finally:
-            for cell, value in zip(self.stack.cells, keep):
-                cell.dropout_keep_prob = value
+            self.train(training)
         return generated
 
     def _sample(self, logits: Any, top_k: int | None, stream: Any, xp: Any) -> int:
