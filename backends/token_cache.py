@@ -14,7 +14,7 @@ from typing import Any
 import numpy
 
 UNSIGNED = ("uint8", "uint16", "uint32")
-_CHUNK_TOKENS = 1 << 22  # ids read per piece when counting: 4 Mi tokens, at most 16 MiB
+_CHUNK_TOKENS = 1 << 20  # ids read per piece when counting (bincount widens them to 8 bytes each)
 
 
 def smallest_unsigned(vocabulary_size: int) -> str:

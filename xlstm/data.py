@@ -210,7 +210,7 @@ def default_corpus(max_chars: int = 1_000_000) -> str:
     return "".join(parts)[:max_chars]
 
 
-CHUNK_BYTES = 1 << 22  # bytes read at a time when streaming a text file (4 MiB)
+CHUNK_BYTES = 1 << 20  # bytes read at a time when streaming a text file (1 MiB)
 
 
 def read_text_chunks(

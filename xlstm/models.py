@@ -21,6 +21,9 @@ from xlstm.rnn import dynamic_rnn, dynamic_rnn_vjp
 from xlstm.stack import MultiRNNCell
 
 
+LOGIT_BLOCK_ELEMENTS = 1 << 22  # logits (4 Mi, 16 MiB in float32) computed at a time in a step
+
+
 class LossAndGrads(NamedTuple):
     loss: Any  # mean cross-entropy in nats, a 0-d array
     grads: dict[str, Any]  # keyed like CharLM.parameters()
@@ -125,10 +128,17 @@ class CharLM:
         check_shape("targets", targets, tuple(inputs.shape), "like inputs")
         embedded = self._embed(inputs)
         outputs, final_state, rnn_backward = dynamic_rnn_vjp(self.stack, embedded, state)
-        logits, dense_backward = self.dense.vjp(outputs)
-        loss, loss_backward = softmax_cross_entropy_vjp(logits, targets)
-        dense_grads = dense_backward(loss_backward())
-        rnn_grads = rnn_backward(dense_grads["inputs"])
+        flat_outputs, flat_targets = self._flat(outputs, targets, xp)
+        loss, d_outputs, kernel_grads, bias_grads = 0.0, [], [], []
+        for rows, share in self._row_blocks(flat_targets.shape[0]):
+            logits, dense_backward = self.dense.vjp(flat_outputs[rows, :])
+            block_loss, loss_backward = softmax_cross_entropy_vjp(logits, flat_targets[rows])
+            dense_grads = dense_backward(loss_backward(share))
+            loss = loss + block_loss * share
+            d_outputs.append(dense_grads["inputs"])
+            kernel_grads.append(dense_grads["kernel"])
+            bias_grads.append(dense_grads["bias"])
+        rnn_grads = rnn_backward(xp.reshape(xp.concat(d_outputs, axis=0), tuple(outputs.shape)))
         # The embedding's gradient adds each position's input gradient to its token's row: a
         # scatter-add, which the array API lacks, so the backend's library supplies it.
         flat_ids = xp.reshape(inputs, (-1,))
@@ -136,13 +146,35 @@ class CharLM:
         d_embedding = self.backend.library.scatter_add_rows(self.vocab_size, flat_ids, d_embedded)
         rnn_grads.pop("initial_state")
         grads = {"embedding": d_embedding, **rnn_grads,
-                 "dense/kernel": dense_grads["kernel"], "dense/bias": dense_grads["bias"]}
+                 "dense/kernel": sum(kernel_grads[1:], kernel_grads[0]),
+                 "dense/bias": sum(bias_grads[1:], bias_grads[0])}
         return LossAndGrads(loss, grads, final_state)
 
     def loss(self, inputs: Any, targets: Any, state: tuple | None = None) -> tuple[Any, tuple[LSTMState, ...]]:
         """Mean next-token cross-entropy (no gradients) and the final state, for evaluation."""
+        xp = namespace_of(inputs=inputs, targets=targets, embedding=self.embedding)
+        check_shape("targets", targets, tuple(inputs.shape), "like inputs")
         outputs, final_state = dynamic_rnn(self.stack, self._embed(inputs), state)
-        return softmax_cross_entropy(self.dense(outputs), targets), final_state
+        flat_outputs, flat_targets = self._flat(outputs, targets, xp)
+        loss = 0.0
+        for rows, share in self._row_blocks(flat_targets.shape[0]):
+            loss = loss + softmax_cross_entropy(self.dense(flat_outputs[rows, :]), flat_targets[rows]) * share
+        return loss, final_state
+
+    def _flat(self, outputs: Any, targets: Any, xp: Any) -> tuple[Any, Any]:
+        """outputs [B, T, H] → [B·T, H] and targets [B, T] → [B·T], row for row."""
+        rows = targets.shape[0] * targets.shape[1]
+        return xp.reshape(outputs, (rows, self.hidden_size)), xp.reshape(targets, (rows,))
+
+    def _row_blocks(self, rows: int) -> list[tuple[slice, float]]:
+        """Row ranges of at most LOGIT_BLOCK_ELEMENTS logits each, and each range's share of the rows.
+
+        The [rows, V] logits are the largest arrays of a step; taking them a block at a time keeps
+        memory bounded at large vocabularies (one block, share 1.0, at small ones).
+        """
+        size = max(1, LOGIT_BLOCK_ELEMENTS // self.vocab_size)
+        return [(slice(start, min(start + size, rows)), (min(start + size, rows) - start) / rows)
+                for start in range(0, rows, size)]
 
     def generate(self, prompt: list[int], length: int, temperature: float = 1.0, top_k: int | None = None,
                  seed: int | None = None) -> list[int]:
