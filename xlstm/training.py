@@ -44,7 +44,7 @@ class TrainConfig:
     eval_every: int = 500
     checkpoint_every: int = 500
     seed: int = 0
-    eval_tokens: int | None = 100_000  # the first N validation tokens; None: all of them
+    eval_tokens: int | None = 50_000  # the first N validation tokens (all of the default corpus's); None: all
 
 
     def __post_init__(self) -> None:
