@@ -167,8 +167,8 @@ def train(
         checkpoint = Checkpoint(model, vocabulary, asdict(config), 0, None, None, [])
     model, state = checkpoint.model, checkpoint.carried_state
     entropy = unigram_entropy_bits(corpus.token_counts(len(train_ids)))
-    write(f"corpus: {len(train_ids):,} training and {len(validation_ids):,} validation {config.level}s "
-          f"(evaluating {len(validation_stream) * validation_batch * config.window:,}), "
+    head = f" (evaluating the first {len(evaluated_ids):,})" if len(evaluated_ids) < len(validation_ids) else ""
+    write(f"corpus: {len(train_ids):,} training and {len(validation_ids):,} validation {config.level}s{head}, "
           f"vocabulary {len(vocabulary)}, unigram entropy {entropy:.3f} bits per {config.level}")
     write(f"model: {config.num_layers}×LSTM({config.hidden_size}), embedding {config.embedding_size}, "
           f"{sum(math.prod(p.shape) for p in model.parameters().values()):,} parameters, on {target.name}")
