@@ -322,8 +322,9 @@ class BatchStream:
 
     `ids` is cut into `batch_size` equal rows (the remainder is dropped); window k has
     inputs = rows[:, k*window : (k+1)*window] and targets one step ahead, so row b of window
-    k+1 continues row b of window k and the LSTM state can carry across windows. The token
-    matrix is put on the backend once, as int64; windows are slices of it.
+    k+1 continues row b of window k and the LSTM state can carry across windows. A list's
+    token matrix is put on the backend once, as int64, and windows are slices of it; an array
+    (a memory map) stays where it is, and each window moves to the backend as int64 when asked.
     """
 
     def __init__(
