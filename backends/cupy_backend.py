@@ -61,6 +61,16 @@ class CupyLibrary(Library):
     def synchronize(self, device: Any) -> None:
         device.synchronize()
 
+    def scatter_add_rows(self, num_rows: int, ids: Any, values: Any) -> Any:
+        """`cupyx.scatter_add`: atomic adds of the rows of values into a zero table at ids."""
+        import cupy
+        import cupyx
+
+        with values.device:
+            total = cupy.zeros((num_rows, values.shape[1]), dtype=values.dtype)
+        cupyx.scatter_add(total, ids, values)
+        return total
+
     def lstm_kernels(self) -> Any:
         from xlstm_backends import cupy_kernels
 

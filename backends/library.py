@@ -43,6 +43,19 @@ class Library:
     def synchronize(self, device: Any) -> None:
         """Wait until queued work on `device` has finished (for honest timings)."""
 
+    def scatter_add_rows(self, num_rows: int, ids: Any, values: Any) -> Any:
+        """A [num_rows, E] array whose row r sums the rows values[k] ([N, E]) with ids[k] == r.
+
+        The embedding gradient. This fallback is the one-hot product one_hot(ids)ᵀ · values,
+        whose cost grows with num_rows; libraries with a scatter-add override it.
+        """
+        import array_api_compat
+
+        xp = array_api_compat.array_namespace(ids, values)
+        rows = xp.arange(num_rows, dtype=ids.dtype, device=array_api_compat.device(ids))
+        one_hot = xp.astype(ids[:, None] == rows, values.dtype)
+        return xp.matrix_transpose(one_hot) @ values
+
     def lstm_kernels(self) -> Any:
         """A module with fused `lstm_forward`/`lstm_backward` for this library, or None.
 

@@ -48,6 +48,13 @@ class TorchLibrary(Library):
 
         return torch.from_numpy(numpy.array(x, copy=True)).to(device)
 
+    def scatter_add_rows(self, num_rows: int, ids: Any, values: Any) -> Any:
+        """`Tensor.index_add_`: the rows of values added into a zero table at ids."""
+        import torch
+
+        total = torch.zeros((num_rows, values.shape[1]), dtype=values.dtype, device=values.device)
+        return total.index_add_(0, ids, values)
+
     def synchronize(self, device: Any) -> None:
         import torch
 

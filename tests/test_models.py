@@ -87,3 +87,59 @@ def test_generate_bad_input():
         model.generate([1], 3, top_k=0)
     with pytest.raises(ValueError, match=r"inputs must lie in \[0, 4\]"):
         model.generate([9], 3)
+
+
+def test_scatter_add_rows_sums_repeated_ids(backend):
+    rng = np.random.default_rng(2)
+    ids = np.array([3, 0, 3, 3, 5, 0, 9], dtype=np.int64)
+    values = rng.normal(size=(7, 4))
+    expected = np.zeros((11, 4))
+    for k, row in enumerate(ids):  # the oracle: one row at a time, in float64
+        expected[row] += values[k]
+    total = backend.library.scatter_add_rows(
+        11, xlstm.asarray(ids, backend=backend), xlstm.asarray(values, dtype="float64", backend=backend))
+    assert tuple(total.shape) == (11, 4)
+    np.testing.assert_allclose(xlstm.to_numpy(total), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_blocked_output_layer_matches_finite_differences(backend, monkeypatch):
+    """With the logits taken a few rows at a time, loss and gradients are unchanged (and still right)."""
+    model = _model(backend)
+    ids = np.random.default_rng(3).integers(0, 7, size=(2, 6))
+    ids[1, :4] = 2  # repeated token ids
+    inputs, targets = (xlstm.asarray(a, backend=backend) for a in (ids[:, :-1], ids[:, 1:]))
+    whole = model.loss_and_grads(inputs, targets)
+    monkeypatch.setattr("xlstm.models.LOGIT_BLOCK_ELEMENTS", 3 * 7)  # 3 of the 10 rows per block
+    blocked = model.loss_and_grads(inputs, targets)
+    np.testing.assert_allclose(xlstm.to_numpy(blocked.loss), xlstm.to_numpy(whole.loss), rtol=1e-12)
+    np.testing.assert_allclose(xlstm.to_numpy(model.loss(inputs, targets)[0]), xlstm.to_numpy(whole.loss),
+                               rtol=1e-12)
+    for name, grad in whole.grads.items():
+        np.testing.assert_allclose(xlstm.to_numpy(blocked.grads[name]), xlstm.to_numpy(grad), rtol=1e-10,
+                                   atol=1e-14, err_msg=name)
+    parameters = {name: xlstm.to_numpy(value) for name, value in model.parameters().items()}
+
+    def loss_of_embedding(value):
+        model.set_parameters({**parameters, "embedding": value})
+        return float(xlstm.to_numpy(model.loss(inputs, targets)[0]))
+
+    numeric = numeric_gradient(loss_of_embedding, parameters["embedding"], samples=21)
+    assert_gradient_close(blocked.grads["embedding"], numeric, "embedding")
+
+
+def test_eval_switches_dropout_off_and_generate_mutates_nothing(backend):
+    model = _model(backend, dropout_keep_prob=0.5)
+    plain = _model(backend)  # same seed and weights, no dropout
+    ids = xlstm.asarray(np.array([[1, 2, 3, 4], [4, 3, 2, 1]]), backend=backend)
+    assert model.training and all(cell.training for cell in model.stack.cells)
+    dropped = xlstm.to_numpy(model.loss(ids[:, :-1], ids[:, 1:])[0])
+    assert model.eval() is model and not model.training
+    inferred = xlstm.to_numpy(model.loss(ids[:, :-1], ids[:, 1:])[0])
+    np.testing.assert_array_equal(inferred, xlstm.to_numpy(plain.loss(ids[:, :-1], ids[:, 1:])[0]))
+    assert not np.array_equal(dropped, inferred)
+    model.train()
+    before = [(cell.dropout_keep_prob, cell.training, cell.random_state()) for cell in model.stack.cells]
+    model.generate([1, 2], 5, seed=0)
+    assert [(cell.dropout_keep_prob, cell.training, cell.random_state()) for cell in model.stack.cells] == before
+    with pytest.raises(TypeError, match="mode must be True or False"):
+        model.train("no")

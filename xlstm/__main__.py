@@ -28,13 +28,15 @@ def _walkthrough(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from tqdm import tqdm
 
-    from xlstm.data import default_corpus, load_text
+    from xlstm.data import default_corpus
     from xlstm.training import TrainConfig, train
 
     config = TrainConfig(**{name: getattr(args, name) for name in TrainConfig.__dataclass_fields__})
-    text = default_corpus() if args.text is None else load_text(args.text)
+    text = default_corpus() if args.text is None else Path(args.text)
     train(text, config, args.out, resume=args.resume, backend=args.backend, device=args.device, write=tqdm.write)
     return 0
 
@@ -51,28 +53,68 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+# One line of help per `train` flag; argparse appends each default.
+_TRAIN_HELP = {
+    "steps": "optimiser steps in all (a resumed run continues up to this many)",
+    "batch_size": "rows of text trained on in parallel",
+    "window": "tokens per row per step (the truncated-BPTT length)",
+    "embedding_size": "size of each token's embedding vector",
+    "hidden_size": "LSTM units per layer",
+    "num_layers": "stacked LSTM layers",
+    "eval_every": "evaluate on the validation text every this many steps (and after the last)",
+    "checkpoint_every": "save a checkpoint every this many steps (and after the last)",
+    "seed": "seed of the initial weights, dropout masks and the sample",
+    "dropout_keep_prob": "probability of keeping each candidate unit in training (1: no dropout)",
+    "learning_rate": "the optimiser's step size",
+    "clip_norm": "gradients are scaled down to at most this global norm",
+    "validation_fraction": "the tail of the text held out for validation",
+}
+
+
+def _eval_tokens(value: str) -> int | None:
+    """--eval-tokens: a positive integer, or 'all' (None)."""
+    if value == "all":
+        return None
+    try:
+        tokens = int(value)
+    except ValueError:
+        tokens = 0
+    if tokens <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of tokens or 'all', got {value!r}")
+    return tokens
+
+
 def _add_train_parser(commands: Any) -> None:
     from xlstm.training import OPTIMIZERS, TrainConfig
 
     defaults = TrainConfig()
     train = commands.add_parser("train", help="train a character language model (defaults: ~2 minutes on 2 cores)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_argument("--text", default=None, help="UTF-8 text file (default: a fixed selection of the running "
-                                                    "Python's standard-library source)")
-    train.add_argument("--out", default="runs/charlm", help="folder for the checkpoint and the loss curve")
+    train.add_argument("--text", default=None, help="UTF-8 text file, streamed into a token cache in --out "
+                                                    "(default: a fixed 1 MB selection of the running Python's "
+                                                    "standard-library source)")
+    train.add_argument("--out", default="runs/charlm", help="run folder: checkpoint, token cache, metrics.jsonl, "
+                                                            "loss curve")
     train.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     train.add_argument("--backend", default=None, help="numpy (default), cupy, torch or array_api_strict")
-    train.add_argument("--device", default=None, help="device of that backend")
+    train.add_argument("--device", default=None, help="device of that backend (default: its first)")
     integers = ("steps", "batch_size", "window", "embedding_size", "hidden_size", "num_layers", "eval_every",
                 "checkpoint_every", "seed")
     for name in integers:
-        train.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+        train.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
+                           help=_TRAIN_HELP[name])
     for name in ("dropout_keep_prob", "learning_rate", "clip_norm", "validation_fraction"):
-        train.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+        train.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name),
+                           help=_TRAIN_HELP[name])
+    train.add_argument("--eval-tokens", type=_eval_tokens, default=defaults.eval_tokens,
+                       help="evaluate the first N tokens of the validation text (contiguous, state carried "
+                            "across windows), or 'all'")
     train.add_argument("--layer-norm", action="store_true", help="layer-normalised LSTM cells")
-    train.add_argument("--level", choices=("char", "word"), default=defaults.level)
-    train.add_argument("--dtype", choices=("float32", "float64"), default=defaults.dtype)
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
+    train.add_argument("--level", choices=("char", "word"), default=defaults.level,
+                       help="tokens: characters, or whitespace-separated words")
+    train.add_argument("--dtype", choices=("float32", "float64"), default=defaults.dtype,
+                       help="floating-point type of the parameters")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer, help="update rule")
     train.set_defaults(run=_train)
 
 
@@ -82,11 +124,13 @@ def _add_sample_parser(commands: Any) -> None:
     sample.add_argument("checkpoint", help="a run folder (--out of train) or a checkpoint file")
     sample.add_argument("--prompt", default=None, help="text to continue (default: the vocabulary's first token)")
     sample.add_argument("--length", type=int, default=300, help="tokens to generate")
-    sample.add_argument("--temperature", type=float, default=0.8)
-    sample.add_argument("--top-k", type=int, default=None)
-    sample.add_argument("--seed", type=int, default=None)
-    sample.add_argument("--backend", default=None)
-    sample.add_argument("--device", default=None)
+    sample.add_argument("--temperature", type=float, default=0.8,
+                        help="divides the logits: below 1 is more conservative, above 1 more varied")
+    sample.add_argument("--top-k", type=int, default=None, help="draw only among the K most likely tokens "
+                                                                "(default: all)")
+    sample.add_argument("--seed", type=int, default=None, help="seed of the draws (default: fresh each run)")
+    sample.add_argument("--backend", default=None, help="numpy (default), cupy, torch or array_api_strict")
+    sample.add_argument("--device", default=None, help="device of that backend (default: its first)")
     sample.set_defaults(run=_sample)
 
 

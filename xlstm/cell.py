@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from xlstm_backends import Backend, asarray, dtype_name, get_backend
 from xlstm import init
 from xlstm.checks import (
+    check_bool,
     check_float,
     check_positive_int,
     check_shape,
@@ -151,6 +152,7 @@ class LSTMCell:
         self.layer_norm = bool(layer_norm)
         self.norm_epsilon = _check_number("norm_epsilon", norm_epsilon, positive=True)
         self.dropout_keep_prob = _check_keep_prob(dropout_keep_prob)
+        self.training = True  # dropout applies only while training; see train()/eval()
         self.seed = seed
         self.backend = get_backend(backend, device)
         weights_init = init.resolve("initializer", initializer, init.glorot_uniform())
@@ -208,12 +210,21 @@ class LSTMCell:
         zeros = xp.zeros((batch_size, self.num_units), dtype=self.dtype, device=self.backend.device)
         return LSTMState(zeros, xp.zeros_like(zeros))
 
+    def train(self, mode: bool = True) -> "LSTMCell":
+        """Switch to training (dropout on, the default) or, with mode=False, inference; returns self."""
+        self.training = check_bool("mode", mode)
+        return self
+
+    def eval(self) -> "LSTMCell":
+        """Switch to inference: no dropout, no random draws; returns self."""
+        return self.train(False)
+
     def dropout_masks(self, shape: tuple[int, ...]) -> Any:
-        """Fresh inverted-dropout masks for the candidate (None when dropout is off).
+        """Fresh inverted-dropout masks for the candidate (None when dropout is off or in inference).
 
         Each element is 1/keep_prob with probability keep_prob and 0 otherwise.
         """
-        if self.dropout_keep_prob >= 1.0:
+        if not self.training or self.dropout_keep_prob >= 1.0:
             return None
         xp, keep = self.backend.xp, self.dropout_keep_prob
         draws = self._dropout_stream.uniform(shape, 0.0, 1.0, self.dtype)

@@ -57,6 +57,20 @@ def check_positive_int(name: str, value: Any) -> int:
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """`value` itself, or a TypeError when it is not True or False."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_no_booleans(name: str, values: Any) -> None:
+    """A list or tuple of lengths or ids must not hold True/False (bool is an int in Python)."""
+    position = next((k for k, v in enumerate(values) if isinstance(v, bool)), None)
+    if position is not None:
+        raise TypeError(f"{name}[{position}] must be an integer, got {values[position]!r} (booleans are not lengths)")
+
+
 def check_shape(name: str, x: Any, expected: tuple[Any, ...], what: str = "") -> None:
     """Check rank and the known sizes of `x`; `None` in `expected` accepts any size."""
     shape = tuple(x.shape)

@@ -1,11 +1,12 @@
 """Text data for language models: vocabulary, corpus, train/validation split, BPTT batches.
 
-Everything stays host-side in plain Python (str, list, `array.array`) until `BatchStream`
-puts the batched token matrix onto a backend once, as int64, and slices windows from it.
+Text is read in pieces (`read_text_chunks`); token ids stay host-side, in a list or in a token
+file's memory map (`xlstm.corpus`), until `BatchStream` moves them to a backend as int64.
 """
 from __future__ import annotations
 
 import array
+import codecs
 import math
 import operator
 import os
@@ -14,8 +15,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from xlstm_backends import Backend, asarray, get_backend
-from xlstm.checks import check_positive_int
+from xlstm_backends import Backend, asarray, get_backend, library_of
+from xlstm.checks import check_integer, check_positive_int, namespace_of
 
 LEVELS = ("char", "word")
 
@@ -69,8 +70,18 @@ class Vocabulary:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         tokens = sorted(set(_split(text, level)))
         if not tokens:
-            raise ValueError(f"text must contain at least one {_noun(level)}, got {text!r}")
+            raise ValueError(f"text must contain at least one {_noun(level)}, got {text!r:.80}")
         self._set(tuple(tokens), level)
+
+    @classmethod
+    def from_distinct(cls, tokens: Iterable[str], level: str) -> Vocabulary:
+        """The vocabulary of a text whose distinct tokens are `tokens` (gathered while streaming it)."""
+        _check_level(level)
+        vocabulary = cls.__new__(cls)
+        vocabulary._set(tuple(sorted(tokens)), level)
+        if not vocabulary.tokens:
+            raise ValueError(f"the text must contain at least one {_noun(level)}")
+        return vocabulary
 
     def _set(self, tokens: tuple[str, ...], level: str) -> None:
         self._tokens = tokens
@@ -199,12 +210,53 @@ def default_corpus(max_chars: int = 1_000_000) -> str:
     return "".join(parts)[:max_chars]
 
 
-def load_text(path: str | os.PathLike[str]) -> str:
-    """The UTF-8 text of the file at `path`, with newlines normalised to '\\n' and a leading BOM dropped.
+CHUNK_BYTES = 1 << 20  # bytes read at a time when streaming a text file (1 MiB)
 
-    A missing file, a directory, undecodable bytes and a text of fewer than two characters
-    (nothing to predict) are ValueErrors that say which.
+
+def read_text_chunks(
+    path: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES, digest: Any = None
+) -> Iterator[str]:
+    """The UTF-8 text of the file at `path` in pieces, normalised as `load_text` describes.
+
+    Reads `chunk_bytes` at a time through an incremental decoder, so a character split between
+    two reads is still whole; a '\\r' ending a piece waits for the next, so '\\r\\n' across a
+    boundary is one newline. Every byte read also goes to `digest.update` when one is given.
     """
+    file = checked_text_file(path)
+    check_positive_int("chunk_bytes", chunk_bytes)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    held, started, offset = "", False, 0
+    try:
+        stream = file.open("rb")
+    except OSError as error:
+        raise ValueError(f"cannot read text file {str(file)!r}: {error.strerror or error}") from None
+    with stream:
+        while True:
+            data = stream.read(chunk_bytes)
+            if digest is not None:
+                digest.update(data)
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as error:
+                pending = len(decoder.getstate()[0])  # undecoded bytes carried from the previous read
+                raise ValueError(
+                    f"text file {str(file)!r} is not UTF-8 text: byte {offset - pending + error.start} "
+                    f"({error.object[error.start:error.start + 1]!r}) cannot be decoded"
+                ) from None
+            offset += len(data)
+            if text and not started:  # a byte-order mark can only lead the whole text
+                text, started = text.removeprefix("\ufeff"), True
+            text, held = held + text, ""
+            if data and text.endswith("\r"):
+                text, held = text[:-1], "\r"
+            if text:
+                yield text.replace("\r\n", "\n").replace("\r", "\n")
+            if not data:
+                return
+
+
+def checked_text_file(path: Any) -> Path:
+    """`path` as a Path to an existing file; otherwise a TypeError/ValueError saying what it is."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     file = Path(path)
@@ -212,23 +264,26 @@ def load_text(path: str | os.PathLike[str]) -> str:
         raise ValueError(f"text file {str(file)!r} does not exist")
     if file.is_dir():
         raise ValueError(f"text file {str(file)!r} is a directory, not a text file")
-    try:
-        data = file.read_bytes()
-    except OSError as error:
-        raise ValueError(f"cannot read text file {str(file)!r}: {error.strerror or error}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
+    return file
+
+
+def check_text_length(path: str | os.PathLike[str], length: int) -> None:
+    """A text of fewer than two characters has nothing to predict: a ValueError saying so."""
+    if length < 2:
         raise ValueError(
-            f"text file {str(file)!r} is not UTF-8 text: byte {error.start} "
-            f"({data[error.start:error.start + 1]!r}) cannot be decoded"
-        ) from None
-    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
-    if len(text) < 2:
-        raise ValueError(
-            f"text file {str(file)!r} has {len(text)} character{'s' if len(text) != 1 else ''}; "
+            f"text file {str(path)!r} has {length} character{'s' if length != 1 else ''}; "
             "a language model needs at least 2 (an input and the character that follows it)"
         )
+
+
+def load_text(path: str | os.PathLike[str]) -> str:
+    """The UTF-8 text of the file at `path`, with newlines normalised to '\\n' and a leading BOM dropped.
+
+    A missing file, a directory, undecodable bytes and a text of fewer than two characters
+    (nothing to predict) are ValueErrors that say which.
+    """
+    text = "".join(read_text_chunks(path))
+    check_text_length(path, len(text))
     return text
 
 
@@ -255,8 +310,11 @@ def split_train_validation(
 
 
 def _check_ids_type(ids: Any) -> None:
+    if library_of(ids) is not None:  # a host array, such as a token file's memory map
+        return
     if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, array.array)):
-        raise TypeError(f"ids must be a sequence of token ids (a list or array.array), got {type(ids).__name__}")
+        raise TypeError(f"ids must be a sequence of token ids (a list, array.array or host array), "
+                        f"got {type(ids).__name__}")
 
 
 class BatchStream:
@@ -264,8 +322,9 @@ class BatchStream:
 
     `ids` is cut into `batch_size` equal rows (the remainder is dropped); window k has
     inputs = rows[:, k*window : (k+1)*window] and targets one step ahead, so row b of window
-    k+1 continues row b of window k and the LSTM state can carry across windows. The token
-    matrix is put on the backend once, as int64; windows are slices of it.
+    k+1 continues row b of window k and the LSTM state can carry across windows. A list's
+    token matrix is put on the backend once, as int64, and windows are slices of it; an array
+    (a memory map) stays where it is, and each window moves to the backend as int64 when asked.
     """
 
     def __init__(
@@ -290,16 +349,25 @@ class BatchStream:
                 "use a smaller window or batch_size, or a longer text"
             )
         target = get_backend(backend, device)
-        try:
-            host = array.array("q", ids[: batch_size * row_length])
-        except (TypeError, OverflowError):
-            raise TypeError("ids must hold only integers that fit in int64") from None
-        if min(host) < 0:
-            raise ValueError(f"ids must be non-negative token ids, got {min(host)}")
+        used = batch_size * row_length
         self.batch_size = batch_size
         self.window_length = window
         self.num_windows = num_windows
         self.backend = target
+        if library_of(ids) is not None:
+            # An array (a token file's memory map): the rows are a view of it, and each window
+            # moves to the backend on its own, so memory does not grow with the text.
+            self._source = namespace_of(ids=ids)
+            check_integer("ids", ids, self._source)
+            self._rows = self._source.reshape(ids[:used], (batch_size, row_length))
+            return
+        try:
+            host = array.array("q", ids[:used])
+        except (TypeError, OverflowError):
+            raise TypeError("ids must hold only integers that fit in int64") from None
+        if min(host) < 0:
+            raise ValueError(f"ids must be non-negative token ids, got {min(host)}")
+        self._source = None
         self._rows = target.xp.reshape(asarray(host, backend=target), (batch_size, row_length))
 
     def __len__(self) -> int:
@@ -315,8 +383,10 @@ class BatchStream:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative integer, got {step!r}")
         start = (step % self.num_windows) * self.window_length
-        stop = start + self.window_length
-        return self._rows[:, start:stop], self._rows[:, start + 1 : stop + 1]
+        block = self._rows[:, start : start + self.window_length + 1]
+        if self._source is not None:
+            block = asarray(self._source.astype(block, self._source.int64), backend=self.backend)
+        return block[:, :-1], block[:, 1:]
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         """One epoch of (inputs, targets) windows, in order."""

@@ -21,6 +21,9 @@ from xlstm.rnn import dynamic_rnn, dynamic_rnn_vjp
 from xlstm.stack import MultiRNNCell
 
 
+LOGIT_BLOCK_ELEMENTS = 1 << 22  # logits (4 Mi, 16 MiB in float32) computed at a time in a step
+
+
 class LossAndGrads(NamedTuple):
     loss: Any  # mean cross-entropy in nats, a 0-d array
     grads: dict[str, Any]  # keyed like CharLM.parameters()
@@ -63,6 +66,21 @@ class CharLM:
             for k in range(num_layers)])
         self.dense = Dense(vocab_size, hidden_size, dtype=self.dtype, seed=layer_seed(num_layers + 1),
                            backend=self.backend)
+
+    @property
+    def training(self) -> bool:
+        """True while training (dropout on); False in inference, after eval()."""
+        return self.stack.cells[0].training
+
+    def train(self, mode: bool = True) -> "CharLM":
+        """Switch every cell to training (mode=True, the default) or inference; returns self."""
+        for cell in self.stack.cells:
+            cell.train(mode)
+        return self
+
+    def eval(self) -> "CharLM":
+        """Switch to inference: no dropout; returns self."""
+        return self.train(False)
 
     def config(self) -> dict[str, Any]:
         """The constructor's settings (without arrays), to rebuild or save the model."""
@@ -110,24 +128,53 @@ class CharLM:
         check_shape("targets", targets, tuple(inputs.shape), "like inputs")
         embedded = self._embed(inputs)
         outputs, final_state, rnn_backward = dynamic_rnn_vjp(self.stack, embedded, state)
-        logits, dense_backward = self.dense.vjp(outputs)
-        loss, loss_backward = softmax_cross_entropy_vjp(logits, targets)
-        dense_grads = dense_backward(loss_backward())
-        rnn_grads = rnn_backward(dense_grads["inputs"])
-        # The embedding's gradient adds each position's input gradient to its token's row:
-        # a scatter-add, written as one-hotᵀ · d_inputs since the array API has no scatter.
+        flat_outputs, flat_targets = self._flat(outputs, targets, xp)
+        loss, d_outputs, kernel_grads, bias_grads = 0.0, [], [], []
+        for rows, share in self._row_blocks(flat_targets.shape[0]):
+            logits, dense_backward = self.dense.vjp(flat_outputs[rows, :])
+            block_loss, loss_backward = softmax_cross_entropy_vjp(logits, flat_targets[rows])
+            dense_grads = dense_backward(loss_backward(share))
+            loss = loss + block_loss * share
+            d_outputs.append(dense_grads["inputs"])
+            kernel_grads.append(dense_grads["kernel"])
+            bias_grads.append(dense_grads["bias"])
+        rnn_grads = rnn_backward(xp.reshape(xp.concat(d_outputs, axis=0), tuple(outputs.shape)))
+        # The embedding's gradient adds each position's input gradient to its token's row: a
+        # scatter-add, which the array API lacks, so the backend's library supplies it.
         flat_ids = xp.reshape(inputs, (-1,))
-        one_hot = xp.astype(flat_ids[:, None] == xp.arange(self.vocab_size, device=self.backend.device), self.dtype)
         d_embedded = xp.reshape(rnn_grads.pop("inputs"), (flat_ids.shape[0], self.embedding_size))
+        d_embedding = self.backend.library.scatter_add_rows(self.vocab_size, flat_ids, d_embedded)
         rnn_grads.pop("initial_state")
-        grads = {"embedding": xp.matrix_transpose(one_hot) @ d_embedded, **rnn_grads,
-                 "dense/kernel": dense_grads["kernel"], "dense/bias": dense_grads["bias"]}
+        grads = {"embedding": d_embedding, **rnn_grads,
+                 "dense/kernel": sum(kernel_grads[1:], kernel_grads[0]),
+                 "dense/bias": sum(bias_grads[1:], bias_grads[0])}
         return LossAndGrads(loss, grads, final_state)
 
     def loss(self, inputs: Any, targets: Any, state: tuple | None = None) -> tuple[Any, tuple[LSTMState, ...]]:
         """Mean next-token cross-entropy (no gradients) and the final state, for evaluation."""
+        xp = namespace_of(inputs=inputs, targets=targets, embedding=self.embedding)
+        check_shape("targets", targets, tuple(inputs.shape), "like inputs")
         outputs, final_state = dynamic_rnn(self.stack, self._embed(inputs), state)
-        return softmax_cross_entropy(self.dense(outputs), targets), final_state
+        flat_outputs, flat_targets = self._flat(outputs, targets, xp)
+        loss = 0.0
+        for rows, share in self._row_blocks(flat_targets.shape[0]):
+            loss = loss + softmax_cross_entropy(self.dense(flat_outputs[rows, :]), flat_targets[rows]) * share
+        return loss, final_state
+
+    def _flat(self, outputs: Any, targets: Any, xp: Any) -> tuple[Any, Any]:
+        """outputs [B, T, H] → [B·T, H] and targets [B, T] → [B·T], row for row."""
+        rows = targets.shape[0] * targets.shape[1]
+        return xp.reshape(outputs, (rows, self.hidden_size)), xp.reshape(targets, (rows,))
+
+    def _row_blocks(self, rows: int) -> list[tuple[slice, float]]:
+        """Row ranges of at most LOGIT_BLOCK_ELEMENTS logits each, and each range's share of the rows.
+
+        The [rows, V] logits are the largest arrays of a step; taking them a block at a time keeps
+        memory bounded at large vocabularies (one block, share 1.0, at small ones).
+        """
+        size = max(1, LOGIT_BLOCK_ELEMENTS // self.vocab_size)
+        return [(slice(start, min(start + size, rows)), (min(start + size, rows) - start) / rows)
+                for start in range(0, rows, size)]
 
     def generate(self, prompt: list[int], length: int, temperature: float = 1.0, top_k: int | None = None,
                  seed: int | None = None) -> list[int]:
@@ -146,9 +193,8 @@ class CharLM:
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
         xp, stream = self.backend.xp, self.backend.random(seed, stream=3)
         ids = asarray([list(prompt)], backend=self.backend)
-        keep = [cell.dropout_keep_prob for cell in self.stack.cells]
-        for cell in self.stack.cells:  # sampling is inference: no dropout
-            cell.dropout_keep_prob = 1.0
+        training = self.training
+        self.eval()  # sampling is inference: no dropout
         try:
             outputs, state = dynamic_rnn(self.stack, self._embed(ids))
             h, generated = outputs[:, -1, :], []
@@ -157,8 +203,7 @@ class CharLM:
                 generated.append(token)
                 h, state = self.stack(self._embed(asarray([[token]], backend=self.backend))[:, 0, :], state)
         finally:
-            for cell, value in zip(self.stack.cells, keep):
-                cell.dropout_keep_prob = value
+            self.train(training)
         return generated
 
     def _sample(self, logits: Any, top_k: int | None, stream: Any, xp: Any) -> int:

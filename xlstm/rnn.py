@@ -7,7 +7,7 @@ from typing import Any, Callable, NamedTuple
 from xlstm_backends import asarray, library_of
 from xlstm.cell import LSTMCell, LSTMState, lstm_step
 from xlstm.cell_grad import lstm_step_vjp
-from xlstm.checks import check_integer, check_range, check_shape, device_of, namespace_of
+from xlstm.checks import check_integer, check_no_booleans, check_range, check_shape, device_of, namespace_of
 from xlstm.stack import MultiRNNCell
 
 
@@ -243,6 +243,7 @@ def checked_lengths(sequence_length: Any, steps: int, batch: int, like: Any, xp:
     if sequence_length is None:
         return None
     if isinstance(sequence_length, (list, tuple)):
+        check_no_booleans("sequence_length", sequence_length)
         sequence_length = asarray(sequence_length, backend=library_of(like).name, device=device_of(like))
     namespace_of(inputs=like, sequence_length=sequence_length)
     check_integer("sequence_length", sequence_length, xp)

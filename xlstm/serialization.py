@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from xlstm_backends import Backend, asarray, dtype_name, get_backend, to_numpy
@@ -51,6 +52,11 @@ _CLASSES = {cls.__name__: cls for cls in [*_LEAVES, *_CONTAINERS]}
 def save(obj: Any, path: str | os.PathLike) -> None:
     """Write `obj` (LSTMCell, Dense, MultiRNNCell, Reversed, Bidirectional, LSTM or CharLM)
     to `path` atomically: an unsupported object or a failed write leaves `path` as it was."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    if Path(path).is_dir():
+        raise ValueError(f"path {str(path)!r} is a directory; give a file name inside it, "
+                         f"e.g. {str(Path(path) / 'model.npz')!r}")
     tree, arrays = _encode(obj, "", "obj")
     write_arrays(path, {"format": FORMAT, "version": VERSION, "object": tree}, arrays)
 

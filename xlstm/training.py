@@ -5,15 +5,17 @@ The command line (`python -m xlstm train`) is a thin layer over `train()`.
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from xlstm_backends import Backend, get_backend, to_numpy
-from xlstm import optim
+from xlstm import metrics, optim
 from xlstm.checkpoint import FILE_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from xlstm.corpus import Corpus
 from xlstm.data import BatchStream, Vocabulary, split_train_validation
 from xlstm.models import CharLM
 
@@ -42,6 +44,8 @@ class TrainConfig:
     eval_every: int = 500
     checkpoint_every: int = 500
     seed: int = 0
+    eval_tokens: int | None = 50_000  # the first N validation tokens (all of the default corpus's); None: all
+
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "window", "embedding_size", "hidden_size", "num_layers",
@@ -51,6 +55,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.eval_tokens is not None and (
+                isinstance(self.eval_tokens, bool) or not isinstance(self.eval_tokens, int)
+                or self.eval_tokens < self.window + 1):
+            raise ValueError(f"eval_tokens (--eval-tokens) must be None ('all') or an integer of at least "
+                             f"window + 1 = {self.window + 1}, got {self.eval_tokens!r}")
         if not self.learning_rate > 0 or not self.clip_norm > 0:
             raise ValueError("learning_rate and clip_norm must be positive, "
                              f"got {self.learning_rate!r} and {self.clip_norm!r}")
@@ -70,18 +79,24 @@ class TrainResult:
     sample: str
 
 
-def unigram_entropy_bits(ids: list[int]) -> float:
-    """-Σ p log2 p over token frequencies: what a model that ignores context achieves."""
-    counts, total = Counter(ids), len(ids)
-    return -sum(n / total * math.log2(n / total) for n in counts.values())
+def unigram_entropy_bits(counts: Iterable[int]) -> float:
+    """-Σ p log2 p over token frequencies (counts): what a model that ignores context achieves."""
+    counts = [n for n in counts if n]
+    total = sum(counts)
+    return -sum(n / total * math.log2(n / total) for n in counts)
 
 
 def evaluate(model: CharLM, stream: BatchStream) -> float:
-    """Mean next-token cross-entropy (nats) over every window, the state carried across them."""
-    total, state = 0.0, None
-    for inputs, targets in stream:
-        loss, state = model.loss(inputs, targets, state)
-        total += float(to_numpy(loss))
+    """Mean next-token cross-entropy (nats) over every window, the state carried across them,
+    in inference mode (no dropout)."""
+    total, state, training = 0.0, None, model.training
+    model.eval()
+    try:
+        for inputs, targets in stream:
+            loss, state = model.loss(inputs, targets, state)
+            total += float(to_numpy(loss))
+    finally:
+        model.train(training)
     return total / len(stream)
 
 
@@ -105,7 +120,7 @@ def check_out_dir(out_dir: Path, resume: bool) -> Path:
 
 
 def train(
-    text: str,
+    text: str | os.PathLike[str],
     config: TrainConfig,
     out_dir: str | Path,
     *,
@@ -115,20 +130,33 @@ def train(
     write: Callable[[str], Any] = print,
     progress: bool = True,
 ) -> TrainResult:
-    """Train (or continue training) a CharLM on `text`; checkpoints go to `out_dir`."""
+    """Train (or continue training) a CharLM; checkpoints, metrics.jsonl and loss.png go to `out_dir`.
+
+    `text` is the text itself (a str) or the path of a UTF-8 file (a pathlib.Path or other
+    os.PathLike), which is streamed into a token cache in `out_dir` and read as a memory map.
+    """
+    if not isinstance(text, (str, os.PathLike)):
+        raise TypeError(f"text must be a str (the text) or a pathlib.Path (a UTF-8 file), got {type(text).__name__}")
     out_dir = check_out_dir(Path(out_dir), resume)
     target = get_backend(backend, device)
-    vocabulary = Vocabulary(text, level=config.level)
-    train_ids, validation_ids = split_train_validation(vocabulary.encode(text), config.validation_fraction)
+    resumed = load_checkpoint(out_dir, backend=target) if resume else None
+    check = (lambda vocabulary: None) if resumed is None else (lambda v: _check_same_run(resumed, config, v))
+    if isinstance(text, str):
+        corpus = Corpus.from_text(text, config.level)
+        check(corpus.vocabulary)
+    else:  # checked before the token cache is rewritten
+        corpus = Corpus.from_file(text, config.level, out_dir, check=check, write=write)
+    vocabulary = corpus.vocabulary
+    train_ids, validation_ids = split_train_validation(corpus.ids, config.validation_fraction)
     train_stream = BatchStream(train_ids, config.batch_size, config.window, backend=target)
-    validation_batch = max(1, min(config.batch_size, len(validation_ids) // (config.window + 1)))
-    validation_stream = BatchStream(validation_ids, validation_batch, config.window, backend=target)
+    evaluated_ids = validation_ids if config.eval_tokens is None else validation_ids[:config.eval_tokens]
+    validation_batch = max(1, min(config.batch_size, len(evaluated_ids) // (config.window + 1)))
+    validation_stream = BatchStream(evaluated_ids, validation_batch, config.window, backend=target)
 
     optimizer = make_optimizer(config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
-        checkpoint = load_checkpoint(out_dir, backend=target)
-        _check_same_run(checkpoint, config, vocabulary)
+    if resumed is not None:
+        checkpoint = resumed
         if checkpoint.optimizer_state is not None:
             optimizer.load_state_dict(checkpoint.optimizer_state)
         write(f"resuming {out_dir / FILE_NAME} at step {checkpoint.step}")
@@ -138,8 +166,9 @@ def train(
                        dropout_keep_prob=config.dropout_keep_prob, dtype=config.dtype, backend=target)
         checkpoint = Checkpoint(model, vocabulary, asdict(config), 0, None, None, [])
     model, state = checkpoint.model, checkpoint.carried_state
-    entropy = unigram_entropy_bits(train_ids)
-    write(f"corpus: {len(train_ids):,} training and {len(validation_ids):,} validation {config.level}s, "
+    entropy = unigram_entropy_bits(corpus.token_counts(len(train_ids)))
+    head = f" (evaluating the first {len(evaluated_ids):,})" if len(evaluated_ids) < len(validation_ids) else ""
+    write(f"corpus: {len(train_ids):,} training and {len(validation_ids):,} validation {config.level}s{head}, "
           f"vocabulary {len(vocabulary)}, unigram entropy {entropy:.3f} bits per {config.level}")
     write(f"model: {config.num_layers}×LSTM({config.hidden_size}), embedding {config.embedding_size}, "
           f"{sum(math.prod(p.shape) for p in model.parameters().values()):,} parameters, on {target.name}")
@@ -149,6 +178,7 @@ def train(
         checkpoint.optimizer_state = optimizer.state_dict()
         save_checkpoint(out_dir / FILE_NAME, checkpoint)
 
+    log = metrics.MetricsLog(out_dir / metrics.FILE_NAME, from_step=checkpoint.step)
     tokens, started = 0, time.perf_counter()
     bar = _progress(range(checkpoint.step, config.steps), progress, checkpoint.step, config.steps)
     for step in bar:
@@ -156,33 +186,36 @@ def train(
             state = None  # a new epoch starts from the beginning of every row
         inputs, targets = train_stream.window(step)
         loss, grads, state = model.loss_and_grads(inputs, targets, state)
-        grads, _ = optim.clip_by_global_norm(grads, config.clip_norm)
+        grads, grad_norm = optim.clip_by_global_norm(grads, config.clip_norm)
         model.set_parameters(optimizer.step(model.parameters(), grads))
         loss_value = float(to_numpy(loss))
         checkpoint.history.append({"step": step + 1, "loss": loss_value})
         tokens += config.batch_size * config.window
         rate = tokens / (time.perf_counter() - started)
+        log.write(step=step + 1, loss=loss_value, tokens_per_s=rate, learning_rate=optimizer.learning_rate,
+                  grad_norm=float(to_numpy(grad_norm)))
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{loss_value:.3f}", tokens_per_s=f"{rate:,.0f}", refresh=False)
         done = step + 1
-        if done % config.eval_every == 0 or done == config.steps:
+        if done % config.eval_every == 0 or done == config.steps:  # always after the last step
             validation = evaluate(model, validation_stream)
             checkpoint.history[-1]["validation_loss"] = validation
+            log.write(step=done, validation_loss=validation, bits_per_token=validation / math.log(2))
             _report(write, done, validation, config.level)
         if done % config.checkpoint_every == 0 or done == config.steps:
             save(done)
+    log.close()
 
-    validation = evaluate(model, validation_stream)
     rate = tokens / max(time.perf_counter() - started, 1e-9)
     bits = validation / math.log(2)
     write(f"validation: {bits:.3f} bits per {config.level} against a unigram entropy of {entropy:.3f} "
           f"({entropy - bits:+.3f} better); {rate:,.0f} tokens per second")
-    prompt = vocabulary.decode(validation_ids[:16])
-    sample = prompt + vocabulary.decode(model.generate(list(validation_ids[:16]), 300, temperature=0.8,
-                                                        seed=config.seed))
+    prompt_ids = [int(i) for i in validation_ids[:16]]
+    sample = vocabulary.decode(prompt_ids) + vocabulary.decode(
+        model.generate(prompt_ids, 300, temperature=0.8, seed=config.seed))
     write("sample (prompt taken from the validation text, temperature 0.8):")
     write(sample)
-    _plot_history(checkpoint.history, out_dir / "loss.png", write)
+    _plot_metrics(metrics.read_metrics(log.path), out_dir / "loss.png", write)
     return TrainResult(checkpoint, validation, entropy, rate, sample)
 
 
@@ -214,8 +247,8 @@ def _progress(steps: range, enabled: bool, first: int, total: int) -> Any:
     return tqdm(steps, initial=first, total=total, desc="train", unit="step", mininterval=1.0)
 
 
-def _plot_history(history: list[dict[str, Any]], path: Path, write: Callable[[str], Any]) -> None:
-    """Training and validation loss curves as a PNG, when matplotlib is installed."""
+def _plot_metrics(records: list[dict[str, Any]], path: Path, write: Callable[[str], Any]) -> None:
+    """Training and validation loss curves from the metrics log, as a PNG, when matplotlib is installed."""
     try:
         import matplotlib
 
@@ -225,10 +258,10 @@ def _plot_history(history: list[dict[str, Any]], path: Path, write: Callable[[st
         write("matplotlib is not installed: no loss curve (pip install 'xlstm-array[plot]')")
         return
     figure, axes = pyplot.subplots(figsize=(7, 4))
-    axes.plot([h["step"] for h in history], [h["loss"] / math.log(2) for h in history], label="training")
-    checked = [h for h in history if "validation_loss" in h]
-    axes.plot([h["step"] for h in checked], [h["validation_loss"] / math.log(2) for h in checked], "o-",
-              label="validation")
+    steps = [r for r in records if "loss" in r]
+    axes.plot([r["step"] for r in steps], [r["loss"] / math.log(2) for r in steps], label="training")
+    checked = [r for r in records if "bits_per_token" in r]
+    axes.plot([r["step"] for r in checked], [r["bits_per_token"] for r in checked], "o-", label="validation")
     axes.set_xlabel("step")
     axes.set_ylabel("bits per token")
     axes.legend()
