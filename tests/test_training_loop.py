@@ -114,7 +114,7 @@ def test_first_update_uses_the_learning_rate_and_clipping(backend, steps, tmp_pa
 
 
 def test_state_is_carried_across_windows_and_reset_at_each_epoch(backend, steps, tmp_path):
-    _train(_random_text(60), tmp_path, backend, steps=16)
+    _train(_random_text(60), tmp_path, backend, steps=11)
     first_window = steps[0].inputs
     epoch_starts = [k for k, record in enumerate(steps) if np.array_equal(record.inputs, first_window)]
     assert len(epoch_starts) >= 3, "the run must cross at least two epoch boundaries"
@@ -133,9 +133,13 @@ def _unigram_entropy_bits(text: str) -> float:
 
 
 def test_training_loss_falls_well_below_the_unigram_entropy(backend, tmp_path):
-    """A repeated sentence: its next character is (nearly) determined by the ones before it."""
-    if backend.name == "array_api_strict":
-        pytest.skip("150 steps take ~20 s under array_api_strict's checks; the exact tests above cover it")
+    """A repeated sentence: its next character is (nearly) determined by the ones before it.
+
+    A check of learning, not of the array API (the exact tests above run on every backend):
+    its 150 steps take ~20 s under array_api_strict and torch's threads on 2 busy cores.
+    """
+    if backend.name not in ("numpy", "cupy"):
+        pytest.skip("a learning check, run on numpy and cupy; the exact tests above cover this backend")
     text = "the quick brown fox jumps over the lazy dog. " * 40
     entropy = _unigram_entropy_bits(text)  # about 4.2 bits per character
     result = _train(text, tmp_path, backend, steps=150, batch_size=4, window=16, embedding_size=8,
