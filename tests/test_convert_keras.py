@@ -54,7 +54,12 @@ def test_bidirectional_wrapper(backend):
 def test_round_trip_and_forget_bias_folding():
     rng = np.random.default_rng(2)
     weights = _weights(rng) + _weights(rng)
-    back = to_keras(from_keras(weights, dtype="float64"))
+    model = from_keras(weights, dtype="float64")
+    inputs = rng.normal(size=(B, T, I))
+    outputs, _ = model(xlstm.asarray(inputs))  # the way there is right, not only there and back
+    expected = np.concatenate([keras_lstm(weights[:3], inputs), keras_lstm(weights[3:], inputs, go_backwards=True)], -1)
+    np.testing.assert_allclose(xlstm.to_numpy(outputs), expected, atol=1e-12)
+    back = to_keras(model)
     for ours, theirs in zip(back, weights, strict=True):
         np.testing.assert_array_equal(ours, theirs)
     cell = xlstm.LSTMCell(H, I, forget_bias=1.0, seed=3, dtype="float64")

@@ -75,7 +75,11 @@ def test_from_onnx_takes_nested_lists_and_no_bias():
 @pytest.mark.parametrize("direction", list(DIRECTIONS))
 def test_round_trip_gives_back_w_r_and_summed_bias(backend, direction):
     W, R, bias = (a.astype(np.float64) for a in onnx_tensors(DIRECTIONS[direction], seed=6))
-    tensors = to_onnx_tensors(from_onnx(W, R, bias, direction=direction, backend=backend))
+    model = from_onnx(W, R, bias, direction=direction, backend=backend)
+    x = time_major_inputs(seed=8)  # the way there is right, not only there and back:
+    expected = run_lstm_operator(*(a.astype(np.float32) for a in (W, R, bias)), x, direction=direction)
+    assert_matches_onnx_runtime(run_xlstm(model, x.astype(np.float64), None, backend), expected)
+    tensors = to_onnx_tensors(model)
     assert tensors["direction"] == direction and tensors["hidden_size"] == H
     np.testing.assert_array_equal(tensors["W"], W)
     np.testing.assert_array_equal(tensors["R"], R)

@@ -97,8 +97,14 @@ def test_to_pytorch_folds_the_forget_bias_and_loads(backend, bidirectional):
 
 def test_round_trip_is_exact():
     torch.manual_seed(3)
-    module = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True)
-    state = to_pytorch(from_pytorch(module))
+    module = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True, batch_first=True)
+    model = from_pytorch(module)
+    x = torch.randn(B, T, I)
+    with torch.no_grad():
+        expected, _ = module(x)
+    outputs, _ = model(xlstm.asarray(x.numpy()))  # the way there is right, not only there and back
+    np.testing.assert_allclose(xlstm.to_numpy(outputs), expected.numpy(), atol=1e-5, rtol=0)
+    state = to_pytorch(model)
     for key, value in module.state_dict().items():
         if key.startswith("bias_ih"):
             value = value + module.state_dict()[key.replace("bias_ih", "bias_hh")]

@@ -119,6 +119,9 @@ def test_round_trip_and_forget_bias_folding(layer_norm):
     scopes = [f"rnn/multi_rnn_cell/cell_{k}/{cell_scope}" for k in range(2)]
     variables = {**_variables(scopes[0], I, layer_norm, rng), **_variables(scopes[1], H, layer_norm, rng)}
     stack = from_tensorflow(variables, forget_bias=1.0, dtype="float64")
+    inputs = rng.normal(size=(B, T, I))
+    outputs, _ = xlstm.dynamic_rnn(stack, xlstm.asarray(inputs))  # the way there is right, not only there and back
+    np.testing.assert_allclose(xlstm.to_numpy(outputs), tf_dynamic_rnn(variables, scopes, inputs, 1.0), atol=1e-12)
     back = to_tensorflow(stack, forget_bias=1.0)
     assert sorted(back) == sorted(variables)
     for name in variables:

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import xlstm
 import xlstm_backends as backends
+from reference import reference_rnn
 from xlstm.walkthrough import walkthrough
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,23 +48,29 @@ HEADINGS = [
 ]
 
 
-def reference(layer_norm: bool) -> dict:
-    """The article's forward pass in float64, one plain loop (gates f, i, c, o; forget bias 1)."""
+def reference(layer_norm: bool, weights=None, gain=None, shift=None, epsilon: float = 1e-12) -> dict:
+    """The article's forward pass in float64, one plain loop (gates f, i, c, o; forget bias 1).
+
+    The article's cell has every weight 0.1, layer-norm gain 1 and shift 0; `weights`
+    [4H, 1+V+H], `gain` and `shift` [5, H] (rows f, i, c, o, state) replace them.
+    """
     def sigmoid(z):
         return 1.0 / (1.0 + np.exp(-z))
 
-    def norm(z):  # over the last axis: biased variance, epsilon 1e-12, gain 1, shift 0
+    def norm(z, row):  # over the last axis: biased variance, epsilon inside the root, then gain and shift
         centered = z - z.mean(axis=-1, keepdims=True)
-        return centered / np.sqrt((centered ** 2).mean(axis=-1, keepdims=True) + 1e-12)
+        return centered / np.sqrt((centered ** 2).mean(axis=-1, keepdims=True) + epsilon) * gain[row] + shift[row]
 
-    weights = np.full((4 * H, 1 + V + H), 0.1)
+    weights = np.full((4 * H, 1 + V + H), 0.1) if weights is None else weights
+    gain = np.ones((5, H)) if gain is None else gain
+    shift = np.zeros((5, H)) if shift is None else shift
     c, h = np.zeros(H), np.zeros(H)
     out = {key: [] for key in ("preactivations", "f", "i", "g", "o", "c", "h")}
     for index in INPUTS:
         x = np.eye(V)[index]
         if layer_norm:
             a = weights[:, 1:] @ np.concatenate([x, h])  # no bias column
-            gates = norm(a.reshape(4, H))
+            gates = norm(a.reshape(4, H), slice(0, 4))
         else:
             a = weights @ np.concatenate([[1.0], x, h])
             gates = a.reshape(4, H)
@@ -70,7 +78,7 @@ def reference(layer_norm: bool) -> dict:
         g, o = np.tanh(gates[2]), sigmoid(gates[3])
         c = f * c + i * g
         if layer_norm:
-            c = norm(c)
+            c = norm(c, 4)
         h = o * np.tanh(c)
         for key, value in zip(out, (a, f, i, g, o, c, h)):
             out[key].append(value)
@@ -106,6 +114,29 @@ def test_plain_reference_values() -> None:
     assert want["h"][2] == pytest.approx(np.full(H, 0.16714133), abs=1e-7)
     # Under layer norm every gate's equal units normalise to 0, so h stays 0 and logits = bias.
     assert reference(True)["logits"] == pytest.approx(BIAS)
+
+
+def test_layer_norm_steps_with_varied_weights_gain_shift_and_epsilon(backend: backends.Backend) -> None:
+    """The article's all-0.1 weights make every normalised gate exactly 0, hiding gain, shift and
+    epsilon; here the walkthrough's step (`LSTMCell.step`, every intermediate) runs with varied ones."""
+    rng = np.random.default_rng(7)
+    weights, gain, shift = rng.normal(size=(4 * H, 1 + V + H)), rng.normal(1.0, 0.5, (5, H)), rng.normal(size=(5, H))
+    epsilon = 0.5  # large enough to move every normalised value
+    want = reference(True, weights, gain, shift, epsilon)
+    cell = xlstm.LSTMCell(H, V, weights=weights, layer_norm=True, norm_gain=gain, norm_shift=shift,
+                          norm_epsilon=epsilon, dtype="float64", backend=backend)
+    state = cell.zero_state(1)
+    for t, index in enumerate(INPUTS):
+        values = cell.step(xlstm.asarray(np.eye(V)[[index]], backend=backend), state)
+        for key in ("preactivations", "f", "i", "g", "o", "c", "h"):
+            np.testing.assert_allclose(xlstm.to_numpy(getattr(values, key))[0], want[key][t], rtol=0, atol=1e-12,
+                                       err_msg=f"{key} at step {t + 1}")
+        state = xlstm.LSTMState(values.c, values.h)
+    # the second, independent reference (tests/reference.py) agrees on the final state
+    c_ref, h_ref = reference_rnn(weights, np.eye(V)[INPUTS][None], layer_norm=True, gain=gain, shift=shift,
+                                 eps=epsilon)[1:]
+    np.testing.assert_allclose(want["c"][-1], c_ref[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(want["h"][-1], h_ref[0], rtol=0, atol=1e-12)
 
 
 CLI_CASES = {
