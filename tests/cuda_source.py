@@ -74,20 +74,16 @@ inline float __fdividef(float x, float y) { return x / y; }
 """
 
 _CUDA_PRELUDE = r"""
-typedef long long ptrdiff_t;
 #define DEVICE __device__
-"""
+"""  # NVRTC declares ptrdiff_t and the math functions itself
 
 
 def _c_type(param: Param) -> str:
     return C_TYPES.get(param.type, "T")
 
 
-def program(source: ElementwiseSource, dtype: str, target: str, scalars: frozenset[str]) -> str:
-    """The whole translation unit of `source` with T = dtype, for target "cpu" or "cuda".
-
-    `scalars` names the inputs given as Python scalars (CuPy passes those by value).
-    """
+def _kernel_function(source: ElementwiseSource, target: str, scalars: frozenset[str]) -> str:
+    """The generated function of one kernel: parameters bound as CuPy binds them, then the body."""
     inputs, outputs = parse_params(source.in_params), parse_params(source.out_params)
     whole, per_element = [], []
     for k, param in enumerate(inputs + outputs):
@@ -99,17 +95,26 @@ def program(source: ElementwiseSource, dtype: str, target: str, scalars: frozens
         else:
             per_element.append(f"{const}{c_type}& {param.name} = *reinterpret_cast<{c_type}*>(element(views[{k}], i));")
     if target == "cpu":
-        prelude, qualifier = _CPU_PRELUDE, ""
-        loop = "for (ptrdiff_t i = 0; i < size; ++i) {"
-    elif target == "cuda":
-        prelude, qualifier = _CUDA_PRELUDE, "__global__ "
+        qualifier, loop = "", "for (ptrdiff_t i = 0; i < size; ++i) {"
+    else:
+        qualifier = "__global__ "
         loop = ("for (ptrdiff_t i = blockIdx.x * (ptrdiff_t)blockDim.x + threadIdx.x; i < size;"
                 " i += (ptrdiff_t)blockDim.x * gridDim.x) {")
-    else:
-        raise ValueError(f"target must be 'cpu' or 'cuda', got {target!r}")
-    return "\n".join([prelude, _VIEW, f"typedef {C_TYPES[dtype]} T;", source.preamble,
-                      f'extern "C" {qualifier}void {source.name}(const View* views, ptrdiff_t size) {{',
+    return "\n".join([f'extern "C" {qualifier}void {source.name}(const View* views, ptrdiff_t size) {{',
                       *whole, loop, *per_element, source.operation, "}", "}"])
+
+
+def program(sources: tuple[ElementwiseSource, ...], dtype: str, target: str, scalars: frozenset[str]) -> str:
+    """One translation unit holding `sources` with T = dtype, for target "cpu" (g++) or "cuda" (NVRTC).
+
+    `scalars` names the inputs given as Python scalars (CuPy passes those by value). A preamble
+    shared by several sources appears once.
+    """
+    if target not in ("cpu", "cuda"):
+        raise ValueError(f"target must be 'cpu' or 'cuda', got {target!r}")
+    preambles = list(dict.fromkeys(source.preamble for source in sources))
+    return "\n".join([_CPU_PRELUDE if target == "cpu" else _CUDA_PRELUDE, _VIEW, f"typedef {C_TYPES[dtype]} T;",
+                      *preambles, *(_kernel_function(source, target, scalars) for source in sources)])
 
 
 class _CView(ctypes.Structure):
@@ -174,7 +179,7 @@ class CpuKernel:
             if k >= self.input_count and array.shape != shape:
                 raise ValueError(f"{name}: output {param.name} has shape {array.shape}, not the broadcast {shape}")
             views.append(_view(np.broadcast_to(array, shape)))
-        function = getattr(_library(program(self.source, dtype.name, "cpu", scalars)), name)
+        function = getattr(_library(program((self.source,), dtype.name, "cpu", scalars)), name)
         function.argtypes = [ctypes.POINTER(_CView), ctypes.c_longlong]
         function((_CView * len(views))(*views), int(np.prod(shape)))
 

@@ -91,7 +91,10 @@ def _add_sample_parser(commands: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from xlstm import __version__
+
     parser = argparse.ArgumentParser(prog="python -m xlstm", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"xlstm-array {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("backends", help="list the backends and whether each is usable here") \
         .set_defaults(run=_print_backends)
