@@ -51,6 +51,21 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selftest(args: argparse.Namespace) -> int:
+    from xlstm.selftest import selftest_main
+
+    return selftest_main(backend=args.backend, device=args.device, quick=args.quick)
+
+
+def _add_selftest_parser(commands: Any) -> None:
+    selftest = commands.add_parser("selftest", help="check this backend and device against the oracles "
+                                                    "(under a minute); exit 0 only when all pass")
+    selftest.add_argument("--backend", default=None, help="numpy (default), cupy, torch or array_api_strict")
+    selftest.add_argument("--device", default=None, help="device of that backend, e.g. 0 for the first GPU")
+    selftest.add_argument("--quick", action="store_true", help="a smaller grid of shapes (for tests)")
+    selftest.set_defaults(run=_selftest)
+
+
 def _add_train_parser(commands: Any) -> None:
     from xlstm.training import OPTIMIZERS, TrainConfig
 
@@ -106,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(commands)
     _add_sample_parser(commands)
     add_bench_parser(commands)
+    _add_selftest_parser(commands)
     return parser
 
 
