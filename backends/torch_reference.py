@@ -75,6 +75,18 @@ def reference_device(backend_name: str, device: Any) -> str:
     return "cpu"
 
 
+def module_description(device: str) -> str:
+    """What the reference runs: torch.nn.LSTM, and on a CUDA device the cuDNN version behind it."""
+    description = "torch.nn.LSTM(batch_first=True)"
+    if unavailable_reason() is None and device.startswith("cuda"):
+        import torch
+
+        if torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled:
+            return f"{description} with cuDNN {torch.backends.cudnn.version()}"
+        return f"{description} without cuDNN"
+    return description
+
+
 def accelerator_name(backend_name: str, device: Any) -> str | None:
     """The GPU's name when the backend runs on one (cupy, or torch on CUDA), else None."""
     try:
