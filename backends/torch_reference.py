@@ -198,8 +198,8 @@ def time_torch_lstm(
     }, None
 
 
-def lstm_outputs(state_dict: dict[str, Any], inputs: numpy.ndarray, device: str,
-                 dtype: str) -> tuple[numpy.ndarray | None, str | None]:
+def lstm_outputs(state_dict: dict[str, Any], inputs: Any, device: str,
+                 dtype: str) -> tuple[Any, str | None]:
     """Outputs [B, T, H] of a unidirectional `torch.nn.LSTM(batch_first=True)` holding
     `state_dict` (from `xlstm.convert.to_pytorch`) on `device` in `dtype`: (outputs, None), or
     (None, reason) when torch cannot run there. An oracle for `python -m xlstm selftest`."""

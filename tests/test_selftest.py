@@ -1,8 +1,6 @@
 """`python -m xlstm selftest`: passes on every backend here and fails when a number is wrong."""
 from __future__ import annotations
 
-import pytest
-
 import xlstm.cell
 from xlstm.__main__ import main
 from xlstm.selftest import report, run_selftest
