@@ -52,3 +52,14 @@ class _WithTanh:
 def test_selftest_refuses_an_unknown_backend(capsys):
     assert main(["selftest", "--backend", "nosuch"]) == 2
     assert "nosuch" in capsys.readouterr().err
+
+
+def test_a_missing_oracle_is_reported_as_skipped_not_failed(monkeypatch):
+    import sys
+
+    from xlstm.selftest import _onnx_runtime_parity
+    from xlstm_backends import get_backend
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    (check,) = _onnx_runtime_parity(get_backend("numpy"))
+    assert check.passed and check.note.startswith("skipped: onnxruntime is not installed")

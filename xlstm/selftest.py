@@ -9,7 +9,7 @@ numbers from outside that computation, and the table says the worst error and it
   dropout, layer norm, stacks and bidirectional runs;
 - every gradient kind against central differences (float64 where the device has it);
 - a short training run whose loss must fall; save → load on the device, bit for bit;
-- PyTorch's `nn.LSTM` (cuDNN on a GPU) when torch is installed.
+- PyTorch's `nn.LSTM` (cuDNN on a GPU) and ONNX Runtime (an exported file) when installed.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 import xlstm
-from xlstm_backends import get_backend, torch_reference
+from xlstm_backends import get_backend, onnx_runtime, torch_reference
 
 TENSORFLOW_CELL_H = [0.64121795, 0.68166804]  # LayerNormBasicLSTMCell, all weights 0.5 (DESIGN.md)
 TENSORFLOW_CELL_C = [0.88477188, 0.98103917]
@@ -257,6 +257,26 @@ def _pytorch_parity(backend: Any, dtype: str) -> list[Check]:
     return [Check(name, worst_error(outputs, theirs), BOUND[dtype])]
 
 
+def _onnx_runtime_parity(backend: Any) -> list[Check]:
+    """A bidirectional layer with sequence lengths, exported to ONNX and run by ONNX Runtime (float32)."""
+    name = "ONNX Runtime, exported bidirectional layer (float32)"
+    model = xlstm.LSTM([xlstm.Bidirectional(xlstm.LSTMCell(4, 3, seed=21, backend=backend),
+                                            xlstm.LSTMCell(4, 3, seed=22, backend=backend, forget_bias=0.0))])
+    inputs = backend.random(8, stream=6).normal((3, 5, 3), backend.resolve_dtype("float32"))
+    lengths = [5, 0, 2]
+    outputs, _ = model(inputs, sequence_length=lengths)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        try:
+            xlstm.export_onnx(model, path, sequence_length=True)
+        except ImportError as error:  # the onnx package writes the file
+            return [Check(name, 0.0, 0.0, note=f"skipped: {error}")]
+        theirs, reason = onnx_runtime.run_onnx_file(path, {"inputs": xlstm.to_numpy(inputs), "sequence_length": lengths})
+    if theirs is None:
+        return [Check(name, 0.0, 0.0, note=f"skipped: {reason}")]
+    return [Check(name, worst_error(outputs, theirs["outputs"]), 1e-5)]
+
+
 def _has_float64(backend: Any) -> bool:
     """Whether the device computes in float64 (some GPUs' torch backends do not)."""
     try:
@@ -272,7 +292,7 @@ def run_selftest(backend: str | None = None, device: Any = None, quick: bool = F
     dtypes = ["float32", "float64"] if _has_float64(chosen) else ["float32"]
     checks = _published_values(chosen) + _compare_grid(chosen, dtypes, quick)
     checks += _gradient_checks(chosen, dtypes[-1]) + _train_and_reload(chosen)
-    return checks + _pytorch_parity(chosen, dtypes[-1])
+    return checks + _pytorch_parity(chosen, dtypes[-1]) + _onnx_runtime_parity(chosen)
 
 
 def report(checks: list[Check], write: Callable[[str], Any] = print) -> int:
