@@ -40,6 +40,7 @@ import cupy
 
 from xlstm_backends import cuda_sources
 
+
 def _elementwise(source: cuda_sources.ElementwiseSource) -> cupy.ElementwiseKernel:
     """The CuPy kernel of one source (the preamble by keyword: the fifth positional is reduce_dims)."""
     return cupy.ElementwiseKernel(source.in_params, source.out_params, source.operation, source.name,
