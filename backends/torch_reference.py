@@ -75,6 +75,18 @@ def reference_device(backend_name: str, device: Any) -> str:
     return "cpu"
 
 
+def module_description(device: str) -> str:
+    """What the reference runs: torch.nn.LSTM, and on a CUDA device the cuDNN version behind it."""
+    description = "torch.nn.LSTM(batch_first=True)"
+    if unavailable_reason() is None and device.startswith("cuda"):
+        import torch
+
+        if torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled:
+            return f"{description} with cuDNN {torch.backends.cudnn.version()}"
+        return f"{description} without cuDNN"
+    return description
+
+
 def accelerator_name(backend_name: str, device: Any) -> str | None:
     """The GPU's name when the backend runs on one (cupy, or torch on CUDA), else None."""
     try:
@@ -184,3 +196,25 @@ def time_torch_lstm(
         "threads": used_threads,
         "device": str(torch_device),
     }, None
+
+
+def lstm_outputs(state_dict: dict[str, Any], inputs: Any, device: str,
+                 dtype: str) -> tuple[Any, str | None]:
+    """Outputs [B, T, H] of a unidirectional `torch.nn.LSTM(batch_first=True)` holding
+    `state_dict` (from `xlstm.convert.to_pytorch`) on `device` in `dtype`: (outputs, None), or
+    (None, reason) when torch cannot run there. An oracle for `python -m xlstm selftest`."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return None, reason
+    import torch
+
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        return None, f"torch cannot find CUDA for device {device!r}"
+    layers = sum(1 for name in state_dict if name.startswith("weight_ih_l"))
+    hidden, input_size = state_dict["weight_hh_l0"].shape[1], state_dict["weight_ih_l0"].shape[1]
+    torch_dtype = getattr(torch, dtype)
+    lstm = torch.nn.LSTM(input_size, hidden, num_layers=layers, batch_first=True).to(device=device, dtype=torch_dtype)
+    lstm.load_state_dict(state_dict)
+    with torch.no_grad():
+        outputs, _ = lstm(torch.as_tensor(inputs, dtype=torch_dtype, device=device))
+    return outputs.cpu().numpy(), None

@@ -84,6 +84,21 @@ def _eval_tokens(value: str) -> int | None:
     return tokens
 
 
+def _selftest(args: argparse.Namespace) -> int:
+    from xlstm.selftest import selftest_main
+
+    return selftest_main(backend=args.backend, device=args.device, quick=args.quick)
+
+
+def _add_selftest_parser(commands: Any) -> None:
+    selftest = commands.add_parser("selftest", help="check this backend and device against the oracles "
+                                                    "(under a minute); exit 0 only when all pass")
+    selftest.add_argument("--backend", default=None, help="numpy (default), cupy, torch or array_api_strict")
+    selftest.add_argument("--device", default=None, help="device of that backend, e.g. 0 for the first GPU")
+    selftest.add_argument("--quick", action="store_true", help="a smaller grid of shapes (for tests)")
+    selftest.set_defaults(run=_selftest)
+
+
 def _add_train_parser(commands: Any) -> None:
     from xlstm.training import OPTIMIZERS, TrainConfig
 
@@ -135,7 +150,10 @@ def _add_sample_parser(commands: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from xlstm import __version__
+
     parser = argparse.ArgumentParser(prog="python -m xlstm", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"xlstm-array {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("backends", help="list the backends and whether each is usable here") \
         .set_defaults(run=_print_backends)
@@ -147,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(commands)
     _add_sample_parser(commands)
     add_bench_parser(commands)
+    _add_selftest_parser(commands)
     return parser
 
 

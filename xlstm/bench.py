@@ -211,7 +211,7 @@ def run_benchmark(
             "timing": {"warmup_runs": 1, "warmup_seconds": 0.1 * min_seconds,
                        "repeats": repeats if repeats is not None else "adaptive", "min_seconds": min_seconds},
             "torch_reference": {"available": torch_reason is None, "reason": torch_reason,
-                                "module": "torch.nn.LSTM(batch_first=True)", "device": reference_device},
+                                "module": torch_reference.module_description(reference_device), "device": reference_device},
         }
         for line in format_header(results):
             emit(line)
