@@ -202,8 +202,8 @@ def train(
 
     log = metrics.MetricsLog(out_dir / metrics.FILE_NAME, from_step=checkpoint.step) if communicator.rank == 0 \
         else _NoLog()
-    tokens, reducing, started = 0, 0.0, time.perf_counter()
-    bar = _progress(range(checkpoint.step, config.steps), progress, checkpoint.step, config.steps)
+    first_step, tokens, reducing, started = checkpoint.step, 0, 0.0, time.perf_counter()
+    bar = _progress(range(first_step, config.steps), progress, first_step, config.steps)
     for step in bar:
         if step % len(train_stream) == 0:
             state = None  # a new epoch starts from the beginning of every row
@@ -239,8 +239,7 @@ def train(
     write(f"validation: {bits:.3f} bits per {config.level} against a unigram entropy of {entropy:.3f} "
           f"({entropy - bits:+.3f} better); {rate:,.0f} tokens per second")
     if communicator.size > 1:
-        steps_taken = config.steps - (resumed.step if resumed is not None else 0)
-        write(f"data-parallel: {1e3 * reducing / steps_taken:.2f} ms per step in the gradient allreduce on rank 0 "
+        write(f"data-parallel: {1e3 * reducing / (config.steps - first_step):.2f} ms per step in the gradient allreduce on rank 0 "
               f"({100 * reducing / elapsed:.0f}% of the time)")
     if communicator.rank != 0:
         return TrainResult(checkpoint, validation, entropy, rate, "")
