@@ -200,8 +200,8 @@ def train(
             checkpoint.optimizer_state = optimizer.state_dict()
             save_checkpoint(out_dir / FILE_NAME, checkpoint)
 
-    log = metrics.MetricsLog(out_dir / metrics.FILE_NAME, from_step=checkpoint.step) if communicator.rank == 0 \
-        else _NoLog()
+    log = (metrics.MetricsLog(out_dir / metrics.FILE_NAME, from_step=checkpoint.step) if communicator.rank == 0
+           else _NoLog())
     first_step, tokens, reducing, started = checkpoint.step, 0, 0.0, time.perf_counter()
     bar = _progress(range(first_step, config.steps), progress, first_step, config.steps)
     for step in bar:
