@@ -14,7 +14,7 @@ import xlstm
 import xlstm_backends as backends
 from xlstm.cell import LSTMState
 from xlstm.models import CharLM
-from xlstm.parallel_bench import bench_allreduce, format_rows
+from xlstm.parallel_bench import allreduce_seconds, bench_allreduce, format_rows, format_scaling, predict_scaling
 from xlstm.parallel import (
     concat_states,
     local_loss_sum,
@@ -201,3 +201,18 @@ def test_the_allreduce_benchmark_counts_every_parameter():
     assert row["parameters"] == 7 * 3 + 16 * (1 + 3 + 4) + 16 * (1 + 4 + 4) + 4 * 7 + 7
     assert row["allreduce_ms"] >= 0 and row["average_ms"] >= 0
     assert "tiny" in format_rows([row], SingleProcess())
+
+
+def test_the_allreduce_model_sends_2_n_minus_1_over_n_of_the_buffer():
+    # 100 MB at 1 GB/s: 2·(1/2)·0.1 s on 2 ranks; on 64, 2·(63/64)·0.1 s plus 2·6 latencies of 1 ms.
+    assert allreduce_seconds(100.0, 1, 1.0, 1e-3) == 0.0
+    assert allreduce_seconds(100.0, 2, 1.0, 0.0) == pytest.approx(0.1)
+    assert allreduce_seconds(100.0, 64, 1.0, 1e-3) == pytest.approx(2 * 63 / 64 * 0.1 + 12e-3)
+
+
+def test_the_scaling_prediction_splits_the_batch_among_the_ranks():
+    tiny = {"tiny": {"vocab_size": 5, "embedding_size": 2, "hidden_size": 3, "num_layers": 1}}
+    rows = predict_scaling(8, (1, 4), {"net": (1.0, 0.0)}, window=4, models=tiny)
+    assert [(r["ranks"], r["rows"]) for r in rows] == [(1, 8), (4, 2)]
+    assert rows[0]["megabytes"] == pytest.approx(4e-6 * (5 * 2 + 4 * 3 * (1 + 2 + 3) + 3 * 5 + 5))
+    assert all(r["compute_s"] > 0 for r in rows) and "tokens/s on net" in format_scaling(rows)

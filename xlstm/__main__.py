@@ -5,8 +5,11 @@ import argparse
 import sys
 from typing import Any
 
-from xlstm_backends import BackendError, LIBRARIES, available_backends
+from xlstm_backends import LIBRARIES, BackendError, CommunicatorError, available_backends
 from xlstm.bench import add_bench_parser
+
+# Errors that mean the input (flags, files, environment) cannot be used: exit 2 with the reason.
+BAD_INPUT = (BackendError, CommunicatorError, ValueError, TypeError, FileNotFoundError)
 
 
 def _print_backends(_: argparse.Namespace) -> int:
@@ -28,16 +31,26 @@ def _walkthrough(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """Train on one process, or data-parallel on every rank of `mpiexec -n N python -m xlstm train`."""
     from pathlib import Path
 
     from tqdm import tqdm
 
+    from xlstm_backends import ending_every_rank_on_error, get_communicator
     from xlstm.data import default_corpus
     from xlstm.training import TrainConfig, train
 
-    config = TrainConfig(**{name: getattr(args, name) for name in TrainConfig.__dataclass_fields__})
-    text = default_corpus() if args.text is None else Path(args.text)
-    train(text, config, args.out, resume=args.resume, backend=args.backend, device=args.device, write=tqdm.write)
+    communicator = get_communicator()  # several ranks without mpi4py: CommunicatorError, exit 2
+    with ending_every_rank_on_error(communicator):  # one rank's error ends every rank, never a hang
+        try:
+            config = TrainConfig(**{name: getattr(args, name) for name in TrainConfig.__dataclass_fields__})
+            text = default_corpus() if args.text is None else Path(args.text)
+            train(text, config, args.out, resume=args.resume, backend=args.backend, device=args.device,
+                  write=tqdm.write, communicator=communicator)
+        except BAD_INPUT as error:
+            if communicator.size == 1:
+                raise
+            raise SystemExit(_refused("train", error)) from None  # every rank exits 2
     return 0
 
 
@@ -56,7 +69,7 @@ def _sample(args: argparse.Namespace) -> int:
 # One line of help per `train` flag; argparse appends each default.
 _TRAIN_HELP = {
     "steps": "optimiser steps in all (a resumed run continues up to this many)",
-    "batch_size": "rows of text trained on in parallel",
+    "batch_size": "rows of text trained on in parallel (under mpiexec: in all, split evenly among the ranks)",
     "window": "tokens per row per step (the truncated-BPTT length)",
     "embedding_size": "size of each token's embedding vector",
     "hidden_size": "LSTM units per layer",
@@ -175,9 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (BackendError, ValueError, TypeError, FileNotFoundError) as error:  # bad input: say why, exit 2
-        print(f"xlstm {args.command}: {error}", file=sys.stderr)
-        return 2
+    except BAD_INPUT as error:
+        return _refused(args.command, error)
+
+
+def _refused(command: str, error: Exception) -> int:
+    """Bad input: say why, exit 2."""
+    print(f"xlstm {command}: {error}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -175,6 +175,9 @@ class LSTMCell:
         else:
             self.norm_gain = self.norm_shift = None
         self._dropout_stream = self.backend.random(seed, stream=1)
+        # Data parallelism: (this process's rows, the global batch size); masks are then drawn for
+        # the whole batch and cut to those rows, so every rank draws what one process would.
+        self.dropout_rows: tuple[slice, int] | None = None
 
     def _norm_parameter(self, name: str, value: Any) -> Any:
         """A [5, H] gain or shift (rows f, i, c, o, state) from a float or an array."""
@@ -227,7 +230,12 @@ class LSTMCell:
         if not self.training or self.dropout_keep_prob >= 1.0:
             return None
         xp, keep = self.backend.xp, self.dropout_keep_prob
-        draws = self._dropout_stream.uniform(shape, 0.0, 1.0, self.dtype)
+        if self.dropout_rows is None:
+            draws = self._dropout_stream.uniform(shape, 0.0, 1.0, self.dtype)
+        else:  # shape is [..., rows, H]: draw [..., global batch, H] and keep this process's rows
+            rows, batch_size = self.dropout_rows
+            draws = self._dropout_stream.uniform((*shape[:-2], batch_size, shape[-1]), 0.0, 1.0, self.dtype)
+            draws = draws[..., rows, :]
         return xp.where(draws < keep, xp.full_like(draws, 1.0 / keep), xp.zeros_like(draws))
 
     def random_state(self) -> dict:

@@ -88,6 +88,23 @@ class Corpus:
                 header = _build(source, vocabulary, count, cache_dir, chunk_bytes)
                 write(f"token cache {cache_dir / TOKEN_FILE}: {count:,} {level} ids as {header['dtype']}")
             _write_header(cache_dir / HEADER_FILE, {**header, "fingerprint": fingerprint, "sha256": sha256})
+        return cls._mapped(header, cache_dir, check)
+
+    @classmethod
+    def from_cache(cls, cache_dir: str | os.PathLike[str], *,
+                   check: Callable[[Vocabulary], Any] = lambda vocabulary: None) -> Corpus:
+        """The token cache that `from_file` left in `cache_dir`, read-only and without the text
+        (the other ranks of a data-parallel run, once rank 0 has built it)."""
+        cache_dir = Path(cache_dir)
+        header = _read_header(cache_dir / HEADER_FILE)
+        if header is None:
+            raise ValueError(f"there is no token cache in {str(cache_dir)!r} (its {HEADER_FILE} is missing or foreign); "
+                             "with several machines, --out must be a folder that every machine sees")
+        return cls._mapped(header, cache_dir, check)
+
+    @classmethod
+    def _mapped(cls, header: dict[str, Any], cache_dir: Path, check: Callable[[Vocabulary], Any]) -> Corpus:
+        """The corpus a cache header describes, its vocabulary checked, its ids memory-mapped."""
         vocabulary = Vocabulary.from_dict({"level": header["level"], "tokens": header["tokens"]})
         check(vocabulary)
         ids = map_token_file(cache_dir / TOKEN_FILE, header["dtype"], header["count"])

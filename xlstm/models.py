@@ -93,6 +93,12 @@ class CharLM:
         return {"embedding": self.embedding, **self.stack.parameters(),
                 **{f"dense/{name}": value for name, value in self.dense.parameters().items()}}
 
+    def draw_dropout_for_rows(self, rows: slice, batch_size: int) -> None:
+        """Data parallelism: this model trains `rows` of a global batch of `batch_size`; its dropout
+        masks are cut from the whole batch's, as one process would draw them."""
+        for cell in self.stack.cells:
+            cell.dropout_rows = (rows, batch_size)
+
     def set_parameters(self, parameters: dict[str, Any]) -> None:
         """Replace the arrays (e.g. after an optimiser step); keys and shapes must match."""
         current = self.parameters()

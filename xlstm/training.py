@@ -6,20 +6,31 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from xlstm_backends import Backend, get_backend, to_numpy
+from xlstm_backends import Backend, Communicator, SingleProcess, device_for_rank, get_backend, to_numpy
 from xlstm import metrics, optim
 from xlstm.checkpoint import FILE_NAME, Checkpoint, load_checkpoint, save_checkpoint
 from xlstm.corpus import Corpus
 from xlstm.data import BatchStream, Vocabulary, split_train_validation
 from xlstm.models import CharLM
+from xlstm.parallel import (
+    average_over_ranks,
+    gather_state,
+    local_loss_sum,
+    mean_over_ranks,
+    row_block,
+    share_rows,
+    split_state,
+)
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LOSS_SLOT = "loss"  # the loss travels in the gradients' allreduce buffer under this name
 MODEL_FLAGS = ("level", "embedding_size", "hidden_size", "num_layers", "layer_norm", "dropout_keep_prob", "dtype")
 
 
@@ -86,18 +97,19 @@ def unigram_entropy_bits(counts: Iterable[int]) -> float:
     return -sum(n / total * math.log2(n / total) for n in counts)
 
 
-def evaluate(model: CharLM, stream: BatchStream) -> float:
+def evaluate(model: CharLM, stream: BatchStream, communicator: Communicator | None = None) -> float:
     """Mean next-token cross-entropy (nats) over every window, the state carried across them,
-    in inference mode (no dropout)."""
-    total, state, training = 0.0, None, model.training
+    in inference mode (no dropout). Under MPI each rank evaluates its share of the rows and
+    the sums are reduced: the same number as one process's, to float rounding."""
+    communicator = SingleProcess() if communicator is None else communicator
+    rows = share_rows(stream.batch_size, communicator.rank, communicator.size)
+    training = model.training
     model.eval()
     try:
-        for inputs, targets in stream:
-            loss, state = model.loss(inputs, targets, state)
-            total += float(to_numpy(loss))
+        total, count = local_loss_sum(model.loss, stream, rows)
     finally:
         model.train(training)
-    return total / len(stream)
+    return mean_over_ranks(total, count, communicator)
 
 
 def make_optimizer(config: TrainConfig) -> optim.Optimizer:
@@ -129,23 +141,28 @@ def train(
     device: Any = None,
     write: Callable[[str], Any] = print,
     progress: bool = True,
+    communicator: Communicator | None = None,
 ) -> TrainResult:
     """Train (or continue training) a CharLM; checkpoints, metrics.jsonl and loss.png go to `out_dir`.
 
     `text` is the text itself (a str) or the path of a UTF-8 file (a pathlib.Path or other
     os.PathLike), which is streamed into a token cache in `out_dir` and read as a memory map.
+    With a `communicator` of several ranks (MPI) every rank calls this: each trains its row
+    block of the global batch, and rank 0 alone prints and writes. Wrap the call in
+    `ending_every_rank_on_error(communicator)` so an error on one rank ends them all.
     """
     if not isinstance(text, (str, os.PathLike)):
         raise TypeError(f"text must be a str (the text) or a pathlib.Path (a UTF-8 file), got {type(text).__name__}")
+    communicator = SingleProcess() if communicator is None else communicator
+    rows = row_block(config.batch_size, communicator.rank, communicator.size)  # refused before any work
     out_dir = check_out_dir(Path(out_dir), resume)
-    target = get_backend(backend, device)
+    target = _rank_backend(backend, device, communicator)
+    if communicator.rank != 0:  # one writer: the other ranks print nothing and draw no progress bar
+        write, progress = _silent, False
+    _announce(communicator, target, write)
     resumed = load_checkpoint(out_dir, backend=target) if resume else None
     check = (lambda vocabulary: None) if resumed is None else (lambda v: _check_same_run(resumed, config, v))
-    if isinstance(text, str):
-        corpus = Corpus.from_text(text, config.level)
-        check(corpus.vocabulary)
-    else:  # checked before the token cache is rewritten
-        corpus = Corpus.from_file(text, config.level, out_dir, check=check, write=write)
+    corpus = _load_corpus(text, config.level, out_dir, check, write, communicator)
     vocabulary = corpus.vocabulary
     train_ids, validation_ids = split_train_validation(corpus.ids, config.validation_fraction)
     train_stream = BatchStream(train_ids, config.batch_size, config.window, backend=target)
@@ -165,7 +182,10 @@ def train(
                        num_layers=config.num_layers, layer_norm=config.layer_norm, seed=config.seed,
                        dropout_keep_prob=config.dropout_keep_prob, dtype=config.dtype, backend=target)
         checkpoint = Checkpoint(model, vocabulary, asdict(config), 0, None, None, [])
-    model, state = checkpoint.model, checkpoint.carried_state
+    model = checkpoint.model
+    state = split_state(checkpoint.carried_state, rows)  # the checkpoint holds every row: any rank count resumes
+    if communicator.size > 1:
+        model.draw_dropout_for_rows(rows, config.batch_size)
     entropy = unigram_entropy_bits(corpus.token_counts(len(train_ids)))
     head = f" (evaluating the first {len(evaluated_ids):,})" if len(evaluated_ids) < len(validation_ids) else ""
     write(f"corpus: {len(train_ids):,} training and {len(validation_ids):,} validation {config.level}s{head}, "
@@ -174,19 +194,26 @@ def train(
           f"{sum(math.prod(p.shape) for p in model.parameters().values()):,} parameters, on {target.name}")
 
     def save(step: int) -> None:
-        checkpoint.step, checkpoint.carried_state = step, state
-        checkpoint.optimizer_state = optimizer.state_dict()
-        save_checkpoint(out_dir / FILE_NAME, checkpoint)
+        carried = gather_state(state, communicator, target)  # a collective: every rank takes part
+        if communicator.rank == 0:
+            checkpoint.step, checkpoint.carried_state = step, carried
+            checkpoint.optimizer_state = optimizer.state_dict()
+            save_checkpoint(out_dir / FILE_NAME, checkpoint)
 
-    log = metrics.MetricsLog(out_dir / metrics.FILE_NAME, from_step=checkpoint.step)
-    tokens, started = 0, time.perf_counter()
-    bar = _progress(range(checkpoint.step, config.steps), progress, checkpoint.step, config.steps)
+    log = (metrics.MetricsLog(out_dir / metrics.FILE_NAME, from_step=checkpoint.step) if communicator.rank == 0
+           else _NoLog())
+    first_step, tokens, reducing, started = checkpoint.step, 0, 0.0, time.perf_counter()
+    bar = _progress(range(first_step, config.steps), progress, first_step, config.steps)
     for step in bar:
         if step % len(train_stream) == 0:
             state = None  # a new epoch starts from the beginning of every row
         inputs, targets = train_stream.window(step)
-        loss, grads, state = model.loss_and_grads(inputs, targets, state)
-        grads, grad_norm = optim.clip_by_global_norm(grads, config.clip_norm)
+        loss, grads, state = model.loss_and_grads(inputs[rows, ...], targets[rows, ...], state)
+        reduce_started = time.perf_counter()
+        mean = average_over_ranks({LOSS_SLOT: loss, **grads}, communicator)  # one allreduce per step
+        reducing += time.perf_counter() - reduce_started
+        loss = mean.pop(LOSS_SLOT)
+        grads, grad_norm = optim.clip_by_global_norm(mean, config.clip_norm)
         model.set_parameters(optimizer.step(model.parameters(), grads))
         loss_value = float(to_numpy(loss))
         checkpoint.history.append({"step": step + 1, "loss": loss_value})
@@ -198,7 +225,7 @@ def train(
             bar.set_postfix(loss=f"{loss_value:.3f}", tokens_per_s=f"{rate:,.0f}", refresh=False)
         done = step + 1
         if done % config.eval_every == 0 or done == config.steps:  # always after the last step
-            validation = evaluate(model, validation_stream)
+            validation = evaluate(model, validation_stream, communicator)
             checkpoint.history[-1]["validation_loss"] = validation
             log.write(step=done, validation_loss=validation, bits_per_token=validation / math.log(2))
             _report(write, done, validation, config.level)
@@ -206,10 +233,16 @@ def train(
             save(done)
     log.close()
 
-    rate = tokens / max(time.perf_counter() - started, 1e-9)
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    rate = tokens / elapsed
     bits = validation / math.log(2)
     write(f"validation: {bits:.3f} bits per {config.level} against a unigram entropy of {entropy:.3f} "
           f"({entropy - bits:+.3f} better); {rate:,.0f} tokens per second")
+    if communicator.size > 1:
+        write(f"data-parallel: {1e3 * reducing / (config.steps - first_step):.2f} ms per step in the gradient allreduce on rank 0 "
+              f"({100 * reducing / elapsed:.0f}% of the time)")
+    if communicator.rank != 0:
+        return TrainResult(checkpoint, validation, entropy, rate, "")
     prompt_ids = [int(i) for i in validation_ids[:16]]
     sample = vocabulary.decode(prompt_ids) + vocabulary.decode(
         model.generate(prompt_ids, 300, temperature=0.8, seed=config.seed))
@@ -217,6 +250,51 @@ def train(
     write(sample)
     _plot_metrics(metrics.read_metrics(log.path), out_dir / "loss.png", write)
     return TrainResult(checkpoint, validation, entropy, rate, sample)
+
+
+def _rank_backend(backend: str | Backend | None, device: Any, communicator: Communicator) -> Backend:
+    """The backend on this rank's device: under MPI, one GPU per rank of each machine."""
+    target = get_backend(backend, device)
+    if communicator.size == 1:
+        return target
+    return get_backend(target, device_for_rank(target.name, device, communicator.local_rank))
+
+
+def _announce(communicator: Communicator, target: Backend, write: Callable[[str], Any]) -> None:
+    """Under MPI, rank 0 first says how many ranks there are and where each one computes."""
+    if communicator.size == 1:
+        return
+    places = communicator.gather(f"{target.name} on {target.device}, host {socket.gethostname()}")
+    write(f"data-parallel: {communicator.describe()}")
+    for rank, place in enumerate(places or []):
+        write(f"  rank {rank}: {place}")
+
+
+def _load_corpus(text: str | os.PathLike[str], level: str, out_dir: Path, check: Callable[[Vocabulary], Any],
+                 write: Callable[[str], Any], communicator: Communicator) -> Corpus:
+    """The text as token ids. A file goes through the token cache in `out_dir`: rank 0 builds it
+    (checked before it is rewritten) while the other ranks wait, then they map it read-only."""
+    if isinstance(text, str):
+        corpus = Corpus.from_text(text, level)
+        check(corpus.vocabulary)
+        return corpus
+    corpus = Corpus.from_file(text, level, out_dir, check=check, write=write) if communicator.rank == 0 else None
+    communicator.barrier()
+    return corpus if corpus is not None else Corpus.from_cache(out_dir, check=check)
+
+
+def _silent(line: str) -> None:
+    """The `write` of ranks other than 0."""
+
+
+class _NoLog:
+    """The metrics log of ranks other than 0: writes nothing."""
+
+    def write(self, **record: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _check_same_run(checkpoint: Checkpoint, config: TrainConfig, vocabulary: Vocabulary) -> None:
