@@ -121,10 +121,16 @@ def machine_description(backend: Any, threads: int, reference_device: str) -> di
         "versions": versions,
         "backend": backend.name,
         "device": str(backend.device),
-        "fused_kernels": backend.library.lstm_kernels() is not None,
+        "fused_kernels": _kernels_description(backend),
         "reference_device": reference_device,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _kernels_description(backend: Any) -> str | None:
+    """Which fused LSTM kernels the backend runs (None: the generic array-API code)."""
+    kernels = backend.library.lstm_kernels()
+    return None if kernels is None else getattr(kernels, "DESCRIPTION", "the backend's fused LSTM kernels")
 
 
 def measure_matmul(backend: Any, repeats: int | None, min_seconds: float) -> dict[str, Any]:
@@ -323,7 +329,7 @@ def format_header(results: dict[str, Any]) -> list[str]:
     reference = results["torch_reference"]
     torch_line = (f"{reference['module']} on {reference['device']}" if reference["available"]
                   else f"not measured: {reference['reason']}")
-    kernels = "the backend's fused LSTM kernels" if machine["fused_kernels"] else "the generic array-API code"
+    kernels = machine["fused_kernels"] or "the generic array-API code"
     timing = results["timing"]
     runs = (f"{timing['repeats']} timed run(s)" if timing["repeats"] != "adaptive"
             else f"adaptive repeats (≥ 3 timed runs adding up to ≥ {timing['min_seconds']:g} s per case)")
