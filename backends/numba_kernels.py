@@ -61,10 +61,12 @@ def _tanh_for(x):
 
 
 @numba.njit(**JIT)
-def _forward_loop(projected, recurrent_t, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h, one):
+def _forward_loop(projected, recurrent_t, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h, keep,
+                  one):
     """Run every step in place. projected [T, B, 4H] (inputs·Wxᵀ + bias), recurrent_t [H, 4H];
     c, h [B, H] the state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B].
-    When gates has T entries every step's values are kept for the backward pass.
+    With `keep` every step's values are kept for the backward pass (gates, cells, tanh_cells
+    and carried_h have T or T + 1 entries); without it gates and tanh_cells have one, reused.
 
     Each inner loop runs over one contiguous row with no branch inside, so that the
     compiler vectorises it; rows that differ (finished, dropout) choose their loop outside.
@@ -74,10 +76,8 @@ def _forward_loop(projected, recurrent_t, c, h, masks, valid, outputs, gates, ce
     sigmoids = 3 * units
     half, zero = one / (one + one), one - one  # constants in the arrays' dtype (a literal would be float64)
     no_mask = numpy.ones(units, projected.dtype)
-    keep = gates.shape[0] == steps
-    a = numpy.empty((batch, four_units), projected.dtype)
     for t in range(steps):
-        numpy.dot(h, recurrent_t, a)
+        a = numpy.dot(h, recurrent_t)  # [B, 4H]
         slot = t if keep else 0
         if keep:
             carried_h[t] = h
@@ -179,7 +179,7 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     cells = empty((steps + 1 if keep_for_backward else 0, batch, units), dtype)
     carried_h = empty((steps if keep_for_backward else 0, batch, units), dtype)
     _forward_loop(projected, recurrent_t, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h,
-                  dtype.type(1.0))
+                  keep_for_backward, dtype.type(1.0))
     cache = ForwardCache(w, inputs, carried_h, gates, cells, tanh_cells, masks, valid) if keep_for_backward else None
     return outputs, c, h, cache
 
