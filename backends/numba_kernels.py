@@ -61,9 +61,9 @@ def _tanh_for(x):
 
 
 @numba.njit(**JIT)
-def _forward_loop(projected, recurrent_t, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h, keep,
+def _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h, keep,
                   one):
-    """Run every step in place. projected [T, B, 4H] (inputs·Wxᵀ + bias), recurrent_t [H, 4H];
+    """Run every step in place. projected [T, B, 4H] (inputs·Wxᵀ + bias), recurrent W_h [4H, H];
     c, h [B, H] the state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B].
     With `keep` every step's values are kept for the backward pass (gates, cells, tanh_cells
     and carried_h have T or T + 1 entries); without it gates and tanh_cells have one, reused.
@@ -76,8 +76,13 @@ def _forward_loop(projected, recurrent_t, c, h, masks, valid, outputs, gates, ce
     sigmoids = 3 * units
     half, zero = one / (one + one), one - one  # constants in the arrays' dtype (a literal would be float64)
     no_mask = numpy.ones(units, projected.dtype)
+    h_t = numpy.empty((units, batch), projected.dtype)
+    a = numpy.empty((batch, four_units), projected.dtype)
     for t in range(steps):
-        a = numpy.dot(h, recurrent_t)  # [B, 4H]
+        # W_h·h_{t-1}ᵀ, then transposed: OpenBLAS runs this orientation faster than h_{t-1}·W_hᵀ
+        # (1.04× at B = 32, H = 192; 1.34× at H = 256), the two small copies included.
+        h_t[:] = h.T
+        a[:] = numpy.dot(recurrent, h_t).T
         slot = t if keep else 0
         if keep:
             carried_h[t] = h
@@ -107,12 +112,13 @@ def _forward_loop(projected, recurrent_t, c, h, masks, valid, outputs, gates, ce
 
 
 @numba.njit(**JIT)
-def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, d_outputs, d_c, d_h, d_gates, one):
+def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent_t, d_outputs, d_c, d_h, d_gates, one):
     """Walk the steps backwards in place: d_c, d_h [B, H] become the initial state's
     gradients and d_gates [T, B, 4H] every step's pre-activation gradients."""
     steps, batch, four_units = gates.shape
     units = four_units // 4
     no_mask = numpy.ones(units, gates.dtype)
+    d_gates_t = numpy.empty((four_units, batch), gates.dtype)
     for t in range(steps - 1, -1, -1):
         alive = numpy.ones(batch, numpy.bool_) if valid.shape[0] == 0 else valid[t]
         for b in range(batch):
@@ -133,7 +139,8 @@ def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, d_outputs,
                 d_o[j] = dh * tanh_c[j] * o[j] * (one - o[j])
                 d_g[j] = dc * i[j] * mask[j] * (one - g[j] * g[j])
                 dcb[j] = dc * f[j]
-        d_h_prev = numpy.dot(d_gates[t], recurrent)
+        d_gates_t[:] = d_gates[t].T  # W_hᵀ·d_gatesᵀ: the faster orientation, as in the forward loop
+        d_h_prev = numpy.dot(recurrent_t, d_gates_t).T
         for b in range(batch):
             if alive[b]:
                 d_h[b] = d_h_prev[b]
@@ -168,7 +175,7 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     bias = w[:, 0].copy()
     bias[:units] += forget_bias
     projected += bias
-    recurrent_t = numpy.ascontiguousarray(w[:, 1 + input_size :].T)  # [H, 4H]
+    recurrent = numpy.ascontiguousarray(w[:, 1 + input_size :])  # [4H, H]
     masks = numpy.empty((0, batch, units), dtype) if masks is None else numpy.ascontiguousarray(masks, dtype)
     valid = numpy.empty((0, batch), numpy.bool_) if valid is None else numpy.ascontiguousarray(valid[:, :, 0])
     kept = steps if keep_for_backward else 1
@@ -178,7 +185,7 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     tanh_cells = empty((kept, batch, units), dtype)
     cells = empty((steps + 1 if keep_for_backward else 0, batch, units), dtype)
     carried_h = empty((steps if keep_for_backward else 0, batch, units), dtype)
-    _forward_loop(projected, recurrent_t, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h,
+    _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h,
                   keep_for_backward, dtype.type(1.0))
     cache = ForwardCache(w, inputs, carried_h, gates, cells, tanh_cells, masks, valid) if keep_for_backward else None
     return outputs, c, h, cache
@@ -197,8 +204,8 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     d_outputs = numpy.ascontiguousarray(d_outputs, dtype)
     d_c, d_h = numpy.array(d_c, dtype, order="C"), numpy.array(d_h, dtype, order="C")
     d_gates = empty((steps, batch, 4 * units), dtype)
-    recurrent = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :])  # [4H, H]
-    _backward_loop(cache.gates, cache.cells, cache.tanh_cells, cache.masks, cache.valid, recurrent, d_outputs,
+    recurrent_t = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :].T)  # [H, 4H]
+    _backward_loop(cache.gates, cache.cells, cache.tanh_cells, cache.masks, cache.valid, recurrent_t, d_outputs,
                    d_c, d_h, d_gates, dtype.type(1.0))
     rows = steps * batch
     flat_d_gates = d_gates.reshape(rows, 4 * units)
