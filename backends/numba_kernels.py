@@ -20,14 +20,27 @@ from typing import NamedTuple
 
 import numba
 import numpy
+import scipy.linalg.cython_blas  # noqa: F401 - the BLAS numba's np.dot calls: loaded before it is counted
 from numba.core import types
 from numba.extending import overload
+from threadpoolctl import ThreadpoolController
 
 from xlstm_backends.numpy_kernels import kernel_order
 from xlstm_backends.workspace import WORKSPACE
 
 DESCRIPTION = f"compiled kernels (numba {numba.__version__})"
 empty = WORKSPACE.empty
+# The compiled loops' per-step products run on one BLAS thread unless they are large: with
+# NumPy's and SciPy's OpenBLAS each keeping two threads on two cores, the pools spun against
+# each other and the main job ran at 0.30× PyTorch's speed instead of 0.61× (measured); at the
+# large bench shape (B = 128, H = 512) one thread made the forward pass 1.8× torch's time against 1.5×.
+BLAS = ThreadpoolController()
+ONE_THREAD_BELOW = 1 << 24  # multiply-adds of one step's product [B, H]·[H, 4H]
+
+
+def _blas_threads(batch: int, units: int):
+    """A context that keeps the BLAS to one thread for small per-step products."""
+    return BLAS.limit(limits=1 if batch * units * 4 * units < ONE_THREAD_BELOW else None, user_api="blas")
 JIT = {"error_model": "numpy", "nogil": True, "cache": True, "fastmath": {"contract", "arcp", "nsz"}}
 
 # Eigen's float tanh: x·P(x²)/Q(x²), clamped where tanh rounds to ±1 in float32.
@@ -185,8 +198,9 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     tanh_cells = empty((kept, batch, units), dtype)
     cells = empty((steps + 1 if keep_for_backward else 0, batch, units), dtype)
     carried_h = empty((steps if keep_for_backward else 0, batch, units), dtype)
-    _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h,
-                  keep_for_backward, dtype.type(1.0))
+    with _blas_threads(batch, units):
+        _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h,
+                      keep_for_backward, dtype.type(1.0))
     cache = ForwardCache(w, inputs, carried_h, gates, cells, tanh_cells, masks, valid) if keep_for_backward else None
     return outputs, c, h, cache
 
@@ -205,8 +219,9 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     d_c, d_h = numpy.array(d_c, dtype, order="C"), numpy.array(d_h, dtype, order="C")
     d_gates = empty((steps, batch, 4 * units), dtype)
     recurrent_t = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :].T)  # [H, 4H]
-    _backward_loop(cache.gates, cache.cells, cache.tanh_cells, cache.masks, cache.valid, recurrent_t, d_outputs,
-                   d_c, d_h, d_gates, dtype.type(1.0))
+    with _blas_threads(batch, units):
+        _backward_loop(cache.gates, cache.cells, cache.tanh_cells, cache.masks, cache.valid, recurrent_t,
+                       d_outputs, d_c, d_h, d_gates, dtype.type(1.0))
     rows = steps * batch
     flat_d_gates = d_gates.reshape(rows, 4 * units)
     d_weights = numpy.empty_like(cache.weights)
