@@ -11,6 +11,7 @@ from xlstm_backends.library import Library
 
 KERNELS_VARIABLE = "XLSTM_KERNELS"
 KERNEL_CHOICES = ("numba", "numpy")  # the first one that can run is the default
+FAST_EXTRA = ("numba", "scipy", "threadpoolctl")  # what the compiled kernels import (the `fast` extra)
 
 
 class NumpyLibrary(Library):
@@ -65,9 +66,10 @@ def kernel_choice() -> str:
     asked = os.environ.get(KERNELS_VARIABLE, "").strip().lower()
     if asked and asked not in KERNEL_CHOICES:
         raise ValueError(f"{KERNELS_VARIABLE} must be one of {KERNEL_CHOICES}, got {asked!r}")
-    numba_missing = importlib.util.find_spec("numba") is None
-    if asked == "numba" and numba_missing:
-        raise ValueError(f"{KERNELS_VARIABLE}=numba, but numba is not installed: pip install 'xlstm-array[fast]'")
+    missing = [name for name in FAST_EXTRA if importlib.util.find_spec(name) is None]
+    if asked == "numba" and missing:
+        raise ValueError(f"{KERNELS_VARIABLE}=numba needs {', '.join(missing)}, not installed: "
+                         "pip install 'xlstm-array[fast]'")
     if asked:
         return asked
-    return "numpy" if numba_missing else "numba"
+    return "numpy" if missing else "numba"

@@ -12,9 +12,9 @@ import xlstm
 from xlstm_backends import numpy_backend, numpy_kernels
 from xlstm_backends.numpy_backend import NumpyLibrary
 
-NUMBA_MISSING = importlib.util.find_spec("numba") is None
-KERNELS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
-    NUMBA_MISSING, reason="numba is not installed (the optional 'fast' extra)"))]
+NUMBA_MISSING = any(importlib.util.find_spec(name) is None for name in numpy_backend.FAST_EXTRA)
+NUMBA_REASON = "numba, scipy or threadpoolctl is not installed (the optional 'fast' extra)"
+KERNELS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON))]
 
 
 def _kernels(name):
@@ -105,7 +105,7 @@ def test_kernels_never_write_into_the_callers_arrays(monkeypatch, kernels):
     assert c0.tolist() == [[0.5]] and h0.tolist() == [[0.5]] and d_c.tolist() == [[1.0]] and d_h.tolist() == [[1.0]]
 
 
-@pytest.mark.skipif(NUMBA_MISSING, reason="numba is not installed (the optional 'fast' extra)")
+@pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
 def test_float32_tanh_of_the_compiled_kernels_is_within_a_few_ulp():
     """The rational tanh against NumPy's float64 tanh over the whole float32 range that matters."""
     import numba
@@ -131,5 +131,5 @@ def test_kernel_choice_follows_the_environment(monkeypatch):
     assert numpy_backend.kernel_choice() == ("numpy" if NUMBA_MISSING else "numba")
     if NUMBA_MISSING:
         monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, "numba")
-        with pytest.raises(ValueError, match="numba is not installed"):
+        with pytest.raises(ValueError, match="not installed: pip install 'xlstm-array\\[fast\\]'"):
             NumpyLibrary().lstm_kernels()
