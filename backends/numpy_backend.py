@@ -1,16 +1,30 @@
 """NumPy, through array-api-compat: the default backend, CPU only."""
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Any
 
 import numpy
 
 from xlstm_backends.library import Library
 
+KERNELS_VARIABLE = "XLSTM_KERNELS"
+KERNEL_CHOICES = ("numba", "numpy")  # the first one that can run is the default
+FAST_EXTRA = ("numba", "scipy", "threadpoolctl")  # what the compiled kernels import (the `fast` extra)
+
 
 class NumpyLibrary(Library):
     name = "numpy"
-    description = "NumPy via array-api-compat (CPU)"
+
+    @property
+    def description(self) -> str:
+        """What the backend is and which LSTM kernels it runs (`python -m xlstm backends` prints it)."""
+        try:
+            kernels = self.lstm_kernels().DESCRIPTION
+        except ValueError as error:  # a bad XLSTM_KERNELS: say so here too
+            kernels = str(error)
+        return f"NumPy via array-api-compat (CPU); LSTM: {kernels}"
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -48,6 +62,27 @@ class NumpyLibrary(Library):
         return total
 
     def lstm_kernels(self) -> Any:
+        """The compiled kernels when numba is installed (the `fast` extra), else the NumPy ones;
+        XLSTM_KERNELS=numpy or =numba picks one (asking for numba without it is an error)."""
+        choice = kernel_choice()
+        if choice == "numba":
+            from xlstm_backends import numba_kernels
+
+            return numba_kernels
         from xlstm_backends import numpy_kernels
 
         return numpy_kernels
+
+
+def kernel_choice() -> str:
+    """'numba' or 'numpy': which fused kernels the numpy backend runs (see `lstm_kernels`)."""
+    asked = os.environ.get(KERNELS_VARIABLE, "").strip().lower()
+    if asked and asked not in KERNEL_CHOICES:
+        raise ValueError(f"{KERNELS_VARIABLE} must be one of {KERNEL_CHOICES}, got {asked!r}")
+    missing = [name for name in FAST_EXTRA if importlib.util.find_spec(name) is None]
+    if asked == "numba" and missing:
+        raise ValueError(f"{KERNELS_VARIABLE}=numba needs {', '.join(missing)}, not installed: "
+                         "pip install 'xlstm-array[fast]'")
+    if asked:
+        return asked
+    return "numpy" if missing else "numba"

@@ -27,12 +27,13 @@ import numpy
 
 from xlstm_backends.workspace import WORKSPACE
 
+DESCRIPTION = "NumPy kernels (fused in-place ufuncs; pip install 'xlstm-array[fast]' for compiled ones)"
 empty = WORKSPACE.empty  # large buffers reuse memory from earlier calls: no page faults
 
 SIGMOID_GATES = 3  # f, i, o come first in the kernels' gate order; the candidate c is last
 
 
-def _kernel_order(units: int) -> numpy.ndarray:
+def kernel_order(units: int) -> numpy.ndarray:
     """Row indices taking xlstm's gate blocks f, i, c, o to the kernels' f, i, o, c."""
     f, i, c, o = (numpy.arange(k * units, (k + 1) * units) for k in range(4))
     return numpy.concatenate([f, i, o, c])
@@ -76,7 +77,7 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     steps, batch, input_size = inputs.shape
     units = c0.shape[1]
     dtype = weights.dtype
-    w = weights[_kernel_order(units)]
+    w = weights[kernel_order(units)]
     # σ(a) = ½·tanh(½a) + ½: the ½ inside is folded into the sigmoid gates' rows once, so one
     # tanh covers all four gates each step and two in-place ops finish the sigmoids.
     half = numpy.ones((4 * units, 1), dtype)
@@ -228,5 +229,5 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     d_inputs = empty((rows, input_size), dtype)
     numpy.matmul(flat_d_gates.T, cache.weights[:, 1 : 1 + input_size], out=d_inputs)
     unordered = numpy.empty_like(d_weights)
-    unordered[_kernel_order(units)] = d_weights
+    unordered[kernel_order(units)] = d_weights
     return unordered, d_inputs.reshape(steps, batch, input_size), numpy.ascontiguousarray(d_c.T), numpy.ascontiguousarray(d_h.T)

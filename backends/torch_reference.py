@@ -218,3 +218,57 @@ def lstm_outputs(state_dict: dict[str, Any], inputs: Any, device: str,
     with torch.no_grad():
         outputs, _ = lstm(torch.as_tensor(inputs, dtype=torch_dtype, device=device))
     return outputs.cpu().numpy(), None
+
+
+def charlm_training_step(
+    vocab_size: int,
+    embedding_size: int,
+    hidden_size: int,
+    batch: int,
+    window: int,
+    *,
+    learning_rate: float,
+    clip_norm: float,
+    threads: int | None = None,
+    seed: int = 0,
+) -> tuple[Callable[[], None] | None, str | None]:
+    """One training step of the CharLM in PyTorch, as a callable, or (None, reason) without torch.
+
+    The model of `python -m xlstm train`: `nn.Embedding` → one-layer `nn.LSTM` → `nn.Linear`,
+    mean softmax cross-entropy over every position, `clip_grad_norm_`, `torch.optim.Adam`, on
+    the CPU in float32, fed fixed random token ids. `threads` sets torch's thread count while
+    the callable runs (each call sets it and puts the previous count back).
+    """
+    reason = unavailable_reason()
+    if reason is not None:
+        return None, reason
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        embedding = torch.nn.Embedding(vocab_size, embedding_size)
+        lstm = torch.nn.LSTM(embedding_size, hidden_size, batch_first=True)
+        dense = torch.nn.Linear(hidden_size, vocab_size)
+    parameters = [*embedding.parameters(), *lstm.parameters(), *dense.parameters()]
+    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (batch, window + 1), generator=generator)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+
+    def step() -> None:
+        previous = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            optimizer.zero_grad(set_to_none=True)
+            outputs, _ = lstm(embedding(inputs))
+            logits = dense(outputs)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size), targets.reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, clip_norm)
+            optimizer.step()
+            loss.item()  # the training loop reads the loss every step, as xlstm's does
+        finally:
+            torch.set_num_threads(previous)
+
+    return step, None

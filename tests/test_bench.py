@@ -127,6 +127,8 @@ def test_without_torch_the_table_says_why(monkeypatch):
     (["--repeats", "0"], "repeats must be a positive integer, got 0"),
     (["--repeats", "-2"], "repeats must be a positive integer, got -2"),
     (["--threads", "0"], "threads must be a positive integer, got 0"),
+    (["--runs", "0"], "runs must be a positive integer, got 0"),
+    (["--task", "lstm"], "--task must name one or more of layer, charlm, got 'lstm'"),
     (["--backend", "nope"], "unknown backend 'nope'"),
 ])
 def test_bad_input_is_refused_before_measuring(argv, message):
@@ -193,3 +195,31 @@ def test_python_m_xlstm_bench(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "xlstm", "bench", "--shapes", "huge"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown shape 'huge'" in bad.stderr
+
+
+def test_charlm_task_runs_alternating_with_the_spread_of_the_ratio():
+    lines: list[str] = []
+    results = bench.run_benchmark("tiny", tasks="charlm", repeats=1, runs=2, write=lines.append)
+    assert "shapes" not in results and "matmul" not in results
+    charlm = results["charlm"]
+    assert charlm["tokens_per_step"] == 32 * 64 and len(charlm["xlstm"]) == 2
+    assert all(rate > 0 for rate in charlm["xlstm"])
+    text = "\n".join(lines)
+    assert text == bench.format_table(results)
+    assert "main job: one training step of the CharLM" in text and "median of 2 alternating runs" in text
+    if TORCH_REASON is None:
+        assert charlm["ratio"] == pytest.approx([a / b for a, b in zip(charlm["xlstm"], charlm["torch"])])
+        ratio_line = next(line for line in lines if line.strip().startswith("xlstm/torch"))
+        low, high = sorted(charlm["ratio"])
+        assert f"[{low:.2f}–{high:.2f}]" in ratio_line
+
+
+def test_layer_runs_report_every_ratio_and_its_spread():
+    results = bench.run_benchmark("tiny", tasks="layer", repeats=1, runs=2, write=None)
+    [tiny] = results["shapes"]
+    for step in ("forward", "training"):
+        if TORCH_REASON is None:
+            ratios = tiny[step]["ratio_runs"]
+            assert len(ratios) == 2 and tiny[step]["ratio"] == pytest.approx(sum(ratios) / 2)
+    if TORCH_REASON is None:
+        assert bench.format_rows(tiny)[0].endswith("]")

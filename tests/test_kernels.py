@@ -6,11 +6,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import importlib.util
+
 import xlstm
+from xlstm_backends import numpy_backend, numpy_kernels
 from xlstm_backends.numpy_backend import NumpyLibrary
 
+NUMBA_MISSING = any(importlib.util.find_spec(name) is None for name in numpy_backend.FAST_EXTRA)
+NUMBA_REASON = "numba, scipy or threadpoolctl is not installed (the optional 'fast' extra)"
+KERNELS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON))]
 
-def _run_both(monkeypatch, case, dtype):
+
+def _kernels(name):
+    """The kernel module called `name`."""
+    if name == "numba":
+        from xlstm_backends import numba_kernels
+
+        return numba_kernels
+    return numpy_kernels
+
+
+def _run_both(monkeypatch, case, dtype, kernels="numpy"):
     """(fused, generic) results of dynamic_rnn_vjp on the numpy backend for one random case."""
     B, T, I, H, lengths, keep, time_major, seed = case
     rng = np.random.default_rng(seed)
@@ -32,6 +48,7 @@ def _run_both(monkeypatch, case, dtype):
         return {"outputs": outputs, "inference": inference, "c": final.c, "h": final.h, "weights": grads["weights"],
                 "inputs": grads["inputs"], "c0": grads["initial_state"].c, "h0": grads["initial_state"].h}
 
+    monkeypatch.setattr(NumpyLibrary, "lstm_kernels", lambda self: _kernels(kernels))
     fused = run()
     monkeypatch.setattr(NumpyLibrary, "lstm_kernels", lambda self: None)
     generic = run()
@@ -47,23 +64,27 @@ def cases(draw):
             draw(st.booleans()), draw(st.integers(0, 2**31)))
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
 @settings(max_examples=40, deadline=None)
 @given(case=cases())
-def test_numpy_kernels_equal_generic_code(dtype, tolerance, case):
+def test_fused_kernels_equal_generic_code(kernels, dtype, tolerance, case):
+    """Both kernel paths against the generic code; float32 numba runs an approximate tanh
+    (a few units in the last place), float64 the exact one."""
     with pytest.MonkeyPatch.context() as monkeypatch:
-        fused, generic = _run_both(monkeypatch, case, dtype)
+        fused, generic = _run_both(monkeypatch, case, dtype, kernels)
     for name in fused:
         assert fused[name].dtype == generic[name].dtype, name
         np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
 
 
-def test_kernels_are_used_on_numpy_and_skipped_under_layer_norm(monkeypatch):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_kernels_are_used_on_numpy_and_skipped_under_layer_norm(monkeypatch, kernels):
     calls = []
-    from xlstm_backends import numpy_kernels
-
-    original = numpy_kernels.lstm_forward
-    monkeypatch.setattr(numpy_kernels, "lstm_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    module = _kernels(kernels)
+    monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, kernels)
+    original = module.lstm_forward
+    monkeypatch.setattr(module, "lstm_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
     x = xlstm.asarray(np.ones((2, 3, 4)), dtype="float32", backend="numpy")
     xlstm.dynamic_rnn(xlstm.LSTMCell(5, 4, backend="numpy"), x)
     assert calls == [1]
@@ -71,8 +92,10 @@ def test_kernels_are_used_on_numpy_and_skipped_under_layer_norm(monkeypatch):
     assert calls == [1]
 
 
-def test_kernels_never_write_into_the_callers_arrays():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_kernels_never_write_into_the_callers_arrays(monkeypatch, kernels):
     """B = H = 1 makes a transpose contiguous: the kernels must still copy the states they update."""
+    monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, kernels)
     c0, h0 = (xlstm.asarray([[0.5]], dtype="float64", backend="numpy") for _ in range(2))
     cell = xlstm.LSTMCell(1, 1, seed=0, dtype="float64", backend="numpy")
     x = xlstm.asarray(np.ones((1, 3, 1)), backend="numpy")
@@ -80,3 +103,33 @@ def test_kernels_never_write_into_the_callers_arrays():
     d_c, d_h = (xlstm.asarray([[1.0]], dtype="float64", backend="numpy") for _ in range(2))
     backward(None, xlstm.LSTMState(d_c, d_h))
     assert c0.tolist() == [[0.5]] and h0.tolist() == [[0.5]] and d_c.tolist() == [[1.0]] and d_h.tolist() == [[1.0]]
+
+
+@pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
+def test_float32_tanh_of_the_compiled_kernels_is_within_a_few_ulp():
+    """The rational tanh against NumPy's float64 tanh over the whole float32 range that matters."""
+    import numba
+
+    from xlstm_backends.numba_kernels import tanh
+
+    compiled = numba.njit(lambda x: [tanh(v) for v in x])
+    x = np.concatenate([np.linspace(-10, 10, 200_001), [-1e-30, 0.0, 1e-30, 50.0, -50.0]]).astype(np.float32)
+    approximate = np.array(compiled(x), dtype=np.float64)
+    exact = np.tanh(x.astype(np.float64))
+    assert np.max(np.abs(approximate - exact)) < 4 * np.finfo(np.float32).eps
+    assert compiled(np.array([0.5]))[0] == np.tanh(0.5)  # float64: math.tanh itself
+
+
+def test_kernel_choice_follows_the_environment(monkeypatch):
+    monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, "numpy")
+    assert NumpyLibrary().lstm_kernels() is numpy_kernels
+    assert "NumPy kernels" in NumpyLibrary().description
+    monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, "fortran")
+    with pytest.raises(ValueError, match="XLSTM_KERNELS must be one of"):
+        NumpyLibrary().lstm_kernels()
+    monkeypatch.delenv(numpy_backend.KERNELS_VARIABLE)
+    assert numpy_backend.kernel_choice() == ("numpy" if NUMBA_MISSING else "numba")
+    if NUMBA_MISSING:
+        monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, "numba")
+        with pytest.raises(ValueError, match="not installed: pip install 'xlstm-array\\[fast\\]'"):
+            NumpyLibrary().lstm_kernels()

@@ -18,11 +18,13 @@ import importlib.metadata
 import json
 import os
 import platform
+import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import xlstm
+from xlstm import bench_charlm
 from xlstm_backends import get_backend, torch_reference
 from xlstm_backends.storage import write_atomically
 from xlstm_backends.torch_reference import median_ms
@@ -34,6 +36,9 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
     "large": (128, 50, 512, 512),
 }
 DEFAULT_SHAPES = "tiny,medium,large"
+TASKS = {"layer": "the LSTM layer alone at every --shapes shape, against torch.nn.LSTM",
+         "charlm": "the main job: one training step of the default `train` model, against the same model in PyTorch"}
+DEFAULT_TASKS = "layer,charlm"
 MATMUL_SIZE = 1024
 MIN_SECONDS = 0.5  # the adaptive rule: timed runs of each case add up to at least this
 PASSES = ("forward", "training")
@@ -51,6 +56,15 @@ def parse_shapes(text: str) -> list[str]:
     if unknown:
         raise ValueError(f"unknown shape {unknown[0]!r} in --shapes; known shapes: {_known_shapes()}")
     return list(dict.fromkeys(names))  # in the order given, each once
+
+
+def parse_tasks(text: str) -> list[str]:
+    """'layer,charlm' -> ['layer', 'charlm']; unknown or missing names are a ValueError."""
+    names = [part.strip() for part in str(text).split(",") if part.strip()]
+    unknown = [name for name in names if name not in TASKS]
+    if not names or unknown:
+        raise ValueError(f"--task must name one or more of {', '.join(TASKS)}, got {text!r}")
+    return list(dict.fromkeys(names))
 
 
 def _known_shapes() -> str:
@@ -121,10 +135,16 @@ def machine_description(backend: Any, threads: int, reference_device: str) -> di
         "versions": versions,
         "backend": backend.name,
         "device": str(backend.device),
-        "fused_kernels": backend.library.lstm_kernels() is not None,
+        "fused_kernels": _kernels_description(backend),
         "reference_device": reference_device,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _kernels_description(backend: Any) -> str | None:
+    """Which fused LSTM kernels the backend runs (None: the generic array-API code)."""
+    kernels = backend.library.lstm_kernels()
+    return None if kernels is None else getattr(kernels, "DESCRIPTION", "the backend's fused LSTM kernels")
 
 
 def measure_matmul(backend: Any, repeats: int | None, min_seconds: float) -> dict[str, Any]:
@@ -178,22 +198,28 @@ def _figures(flop: int, ms: float, repeats: int, matmul_gflops: float) -> dict[s
 def run_benchmark(
     shapes: list[str] | tuple[str, ...] | str = DEFAULT_SHAPES,
     *,
+    tasks: list[str] | tuple[str, ...] | str = DEFAULT_TASKS,
     backend: Any = None,
     device: Any = None,
     repeats: int | None = None,
+    runs: int = 1,
     threads: int | None = None,
     min_seconds: float = MIN_SECONDS,
     write: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
-    """Measure every shape; print the table through `write` as it goes (None: silent).
+    """Measure every task (the LSTM layer at every shape, the main job); print the report
+    through `write` as it goes (None: silent).
 
     Returns every figure as a JSON-able dict (what `--json` writes). `repeats` None means
     adaptive (timed runs of each case add up to `min_seconds`, at least 3 of them);
-    `threads` None means one torch thread per usable CPU. NumPy's BLAS threads are left
-    as they are.
+    `runs` > 1 measures xlstm and torch that many times, alternating, and reports the
+    spread of each ratio; `threads` None means one torch thread per usable CPU. NumPy's
+    BLAS threads are left as they are.
     """
     names = parse_shapes(shapes) if isinstance(shapes, str) else parse_shapes(",".join(shapes))
+    tasks = parse_tasks(tasks) if isinstance(tasks, str) else parse_tasks(",".join(tasks))
     repeats = _positive_or_none("repeats", repeats)
+    runs = _positive_or_none("runs", runs)
     threads = _positive_or_none("threads", threads)
     if not isinstance(min_seconds, (int, float)) or isinstance(min_seconds, bool) or min_seconds < 0:
         raise ValueError(f"min_seconds must be a non-negative number, got {min_seconds!r}")
@@ -208,50 +234,74 @@ def run_benchmark(
         results: dict[str, Any] = {
             "machine": machine_description(bench_backend, threads, reference_device),
             "dtype": "float32",
-            "timing": {"warmup_runs": 1, "warmup_seconds": 0.1 * min_seconds,
+            "tasks": tasks,
+            "timing": {"warmup_runs": 1, "warmup_seconds": 0.1 * min_seconds, "runs": runs,
                        "repeats": repeats if repeats is not None else "adaptive", "min_seconds": min_seconds},
             "torch_reference": {"available": torch_reason is None, "reason": torch_reason,
                                 "module": torch_reference.module_description(reference_device), "device": reference_device},
         }
         for line in format_header(results):
             emit(line)
-        results["matmul"] = measure_matmul(bench_backend, repeats, min_seconds)
-        emit(format_matmul(results))
-        emit("")
-        for line in table_heading():
-            emit(line)
-        results["shapes"] = []
-        for name in names:
-            shape = SHAPES[name]
-            measured = measure_xlstm(bench_backend, shape, repeats, min_seconds)
-            reference, reason = (None, torch_reason) if torch_reason else torch_reference.time_torch_lstm(
-                *shape, device=reference_device, threads=threads, repeats=repeats, min_seconds=min_seconds)
-            if reference is None and results["torch_reference"]["reason"] is None:
-                results["torch_reference"].update(available=False, reason=reason)
-            entry = _shape_entry(name, shape, measured, reference, results["matmul"]["gflops"])
-            results["shapes"].append(entry)
-            for line in format_rows(entry):
+        if "layer" in tasks:
+            results["matmul"] = measure_matmul(bench_backend, repeats, min_seconds)
+            emit(format_matmul(results))
+            emit("")
+            for line in table_heading():
                 emit(line)
-        for line in format_footer(results):
-            emit(line)
+            results["shapes"] = []
+            for name in names:
+                entry = _measure_shape(results, name, bench_backend, reference_device, threads, runs, repeats,
+                                       min_seconds)
+                results["shapes"].append(entry)
+                for line in format_rows(entry):
+                    emit(line)
+            for line in format_footer(results):
+                emit(line)
+        if "charlm" in tasks:
+            results["charlm"] = bench_charlm.measure_charlm(bench_backend, threads, runs, repeats, min_seconds)
+            emit("")
+            for line in bench_charlm.format_charlm(results["charlm"]):
+                emit(line)
     finally:
         if previous_threads is not None:
             torch_reference.set_threads(previous_threads)
     return results
 
 
-def _shape_entry(name: str, shape: tuple[int, int, int, int], measured: dict, reference: dict | None,
+def _measure_shape(results: dict[str, Any], name: str, backend: Any, reference_device: str, threads: int,
+                   runs: int, repeats: int | None, min_seconds: float) -> dict[str, Any]:
+    """One shape's entry: `runs` alternating measurements of xlstm and torch."""
+    shape, reference_info = SHAPES[name], results["torch_reference"]
+    pairs = []
+    for _ in range(runs):
+        measured = measure_xlstm(backend, shape, repeats, min_seconds)
+        reference, reason = (None, reference_info["reason"]) if reference_info["reason"] else \
+            torch_reference.time_torch_lstm(*shape, device=reference_device, threads=threads, repeats=repeats,
+                                            min_seconds=min_seconds)
+        if reference is None and reference_info["reason"] is None:
+            reference_info.update(available=False, reason=reason)
+        pairs.append((measured, reference))
+    return _shape_entry(name, shape, pairs, results["matmul"]["gflops"])
+
+
+def _shape_entry(name: str, shape: tuple[int, int, int, int], pairs: list[tuple[dict, dict | None]],
                  matmul_gflops: float) -> dict[str, Any]:
+    """The figures of one shape from its runs: medians of the times, each run's ratio and their median."""
     batch, steps, input_size, hidden = shape
     entry: dict[str, Any] = {"name": name, "batch": batch, "steps": steps, "input_size": input_size,
                              "hidden_size": hidden}
+    measured_all = any(reference is not None for _, reference in pairs)
     for step in PASSES:
         flop = forward_flop(shape) * (1 if step == "forward" else 3)
-        mine = _figures(flop, measured[step]["ms"], measured[step]["repeats"], matmul_gflops)
-        theirs = None if reference is None else _figures(
-            flop, reference[f"{step}_ms"], reference[f"{step}_repeats"], matmul_gflops)
+        mine_ms = [measured[step]["ms"] for measured, _ in pairs]
+        mine = _figures(flop, statistics.median(mine_ms), pairs[0][0][step]["repeats"], matmul_gflops)
+        theirs, ratios = None, None
+        if measured_all and all(reference is not None for _, reference in pairs):
+            theirs_ms = [reference[f"{step}_ms"] for _, reference in pairs]
+            theirs = _figures(flop, statistics.median(theirs_ms), pairs[0][1][f"{step}_repeats"], matmul_gflops)
+            ratios = [a / b for a, b in zip(mine_ms, theirs_ms)]
         entry[step] = {"flop": flop, "xlstm": mine, "torch": theirs,
-                       "ratio": None if theirs is None else mine["ms"] / theirs["ms"]}
+                       "ratio": None if ratios is None else statistics.median(ratios), "ratio_runs": ratios}
     return entry
 
 
@@ -309,8 +359,15 @@ def format_rows(entry: dict[str, Any]) -> list[str]:
             _number(mine["ms"]), _number(mine["gflops"]), _number(mine["percent_of_matmul"]),
             _number(theirs and theirs["ms"]), _number(theirs and theirs["gflops"]),
             _number(theirs and theirs["percent_of_matmul"]), _number(figures["ratio"]),
-        ]))
+        ]) + _spread_text(figures["ratio_runs"]))
     return lines
+
+
+def _spread_text(ratios: list[float] | None) -> str:
+    """'  [min–max]' of the ratios of several runs; nothing for one run."""
+    if not ratios or len(ratios) < 2:
+        return ""
+    return f"  [{_number(min(ratios))}–{_number(max(ratios))}]"
 
 
 def format_header(results: dict[str, Any]) -> list[str]:
@@ -323,7 +380,7 @@ def format_header(results: dict[str, Any]) -> list[str]:
     reference = results["torch_reference"]
     torch_line = (f"{reference['module']} on {reference['device']}" if reference["available"]
                   else f"not measured: {reference['reason']}")
-    kernels = "the backend's fused LSTM kernels" if machine["fused_kernels"] else "the generic array-API code"
+    kernels = machine["fused_kernels"] or "the generic array-API code"
     timing = results["timing"]
     runs = (f"{timing['repeats']} timed run(s)" if timing["repeats"] != "adaptive"
             else f"adaptive repeats (≥ 3 timed runs adding up to ≥ {timing['min_seconds']:g} s per case)")
@@ -337,7 +394,9 @@ def format_header(results: dict[str, Any]) -> list[str]:
         f"backend   {machine['backend']} on {machine['device']}, {kernels}",
         f"reference {torch_line}",
         f"timing    median of the timed runs after warm-up (≥ {timing['warmup_runs']} run, "
-        f"≥ {timing['warmup_seconds']:g} s); {runs}",
+        f"≥ {timing['warmup_seconds']:g} s); {runs}"
+        + (f"; xlstm and torch measured {timing['runs']} times, alternating: medians, ratios [min–max]"
+           if timing["runs"] > 1 else ""),
     ]
     return lines
 
@@ -357,10 +416,15 @@ def format_footer(results: dict[str, Any]) -> list[str]:
 
 def format_table(results: dict[str, Any]) -> str:
     """The whole report of a finished run, as `run_benchmark` printed it."""
-    lines = [*format_header(results), format_matmul(results), "", *table_heading()]
-    for entry in results["shapes"]:
-        lines.extend(format_rows(entry))
-    return "\n".join([*lines, *format_footer(results)])
+    lines = format_header(results)
+    if "layer" in results["tasks"]:
+        lines += [format_matmul(results), "", *table_heading()]
+        for entry in results["shapes"]:
+            lines.extend(format_rows(entry))
+        lines += format_footer(results)
+    if "charlm" in results["tasks"]:
+        lines += ["", *bench_charlm.format_charlm(results["charlm"])]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- files and the command line
@@ -386,8 +450,8 @@ def _check_json_path(path: str | None) -> None:
 def run_bench_command(args: argparse.Namespace) -> int:
     """`python -m xlstm bench ...`: measure, print the table, write --json; exit code 0."""
     _check_json_path(args.json)
-    results = run_benchmark(args.shapes, backend=args.backend, device=args.device, repeats=args.repeats,
-                            threads=args.threads)
+    results = run_benchmark(args.shapes, tasks=args.task, backend=args.backend, device=args.device,
+                            repeats=args.repeats, runs=args.runs, threads=args.threads)
     if args.json is not None:
         write_json(args.json, results)
         print(f"\nwrote {args.json}")
@@ -404,6 +468,11 @@ def add_bench_parser(commands: Any) -> None:
     bench.add_argument("--shapes", default=DEFAULT_SHAPES,
                        help="comma-separated, of: " + ", ".join(f"{name} (B×T×I×H {_shape_text(shape)})"
                                                                 for name, shape in SHAPES.items()))
+    bench.add_argument("--task", default=DEFAULT_TASKS,
+                       help="comma-separated, of: " + "; ".join(f"{name} ({what})" for name, what in TASKS.items()))
+    bench.add_argument("--runs", type=int, default=1,
+                       help="measure xlstm and torch this many times, alternating, and print the spread "
+                            "[min–max] of every ratio (the machine's load falls on both sides)")
     bench.add_argument("--repeats", type=int, default=None,
                        help=f"timed runs per case; None: adaptive, at least 3 adding up to {MIN_SECONDS:g} s")
     bench.add_argument("--threads", type=int, default=None,

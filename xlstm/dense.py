@@ -49,22 +49,23 @@ class Dense:
 
     def __call__(self, x: Any) -> Any:
         """x [..., in] → x @ kernel + bias, [..., units]."""
-        self._check_inputs(x)
-        return x @ self.kernel + self.bias
+        return self.vjp(x)[0]
 
     def vjp(self, x: Any) -> tuple[Any, Callable[[Any], dict[str, Any]]]:
         """y = self(x) and `backward(dy)` → {"kernel", "bias", "inputs"} gradients."""
         xp = self._check_inputs(x)
-        y = x @ self.kernel + self.bias
+        # One 2-D product over all rows: a stack of [T, in] products (x is often a transposed
+        # view, e.g. batch-major outputs of a time-major loop) is several times slower.
         rows = math.prod(x.shape[:-1])
+        flat_x = xp.reshape(x, (rows, self.input_size))
+        y = xp.reshape(flat_x @ self.kernel + self.bias, (*x.shape[:-1], self.units))
 
         def backward(dy: Any) -> dict[str, Any]:
             namespace_of(dy=dy, y=y)
             check_shape("dy", dy, tuple(y.shape), "like the layer's output")
             flat_dy = xp.reshape(dy, (rows, self.units))
-            flat_x = xp.reshape(x, (rows, self.input_size))
             return {"kernel": xp.matrix_transpose(flat_x) @ flat_dy, "bias": xp.sum(flat_dy, axis=0),
-                    "inputs": dy @ xp.matrix_transpose(self.kernel)}
+                    "inputs": xp.reshape(flat_dy @ xp.matrix_transpose(self.kernel), tuple(x.shape))}
 
         return y, backward
 
