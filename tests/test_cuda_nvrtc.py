@@ -19,6 +19,8 @@ ARCHITECTURES = ("70", "80", "90")  # compute capabilities: Volta, Ampere, Hoppe
 
 def _nvrtc() -> ctypes.CDLL | None:
     """libnvrtc from the nvidia-cuda-nvrtc-cu12 wheel, or None where that wheel is absent."""
+    if importlib.util.find_spec("nvidia") is None:  # asking for nvidia.cuda_nvrtc would raise
+        return None
     spec = importlib.util.find_spec("nvidia.cuda_nvrtc")
     if spec is None or not spec.submodule_search_locations:
         return None
