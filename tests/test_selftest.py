@@ -25,7 +25,8 @@ def test_selftest_fails_on_a_slightly_wrong_gate(monkeypatch, capsys):
 
 
 def test_selftest_fails_on_a_wrong_fused_kernel(monkeypatch, capsys):
-    """A fused kernel whose tanh is slightly off: only the library-run rows fail."""
+    """A fused NumPy kernel whose tanh is slightly off: only the library-run rows fail."""
+    monkeypatch.setenv("XLSTM_KERNELS", "numpy")  # with the fast extra installed, numba would run instead
     original = numpy_kernels.numpy.tanh
 
     def wrong_tanh(x, *args, **kwargs):
