@@ -1,6 +1,7 @@
 """NumPy, through array-api-compat: the default backend, CPU only."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Any
@@ -74,12 +75,19 @@ class NumpyLibrary(Library):
         return numpy_kernels
 
 
+@functools.cache
+def _missing_fast_extra() -> tuple[str, ...]:
+    """The packages of the `fast` extra that are not installed; asked once per process, since
+    find_spec takes ~60 µs a package, a third of a tiny LSTM's whole forward pass."""
+    return tuple(name for name in FAST_EXTRA if importlib.util.find_spec(name) is None)
+
+
 def kernel_choice() -> str:
     """'numba' or 'numpy': which fused kernels the numpy backend runs (see `lstm_kernels`)."""
     asked = os.environ.get(KERNELS_VARIABLE, "").strip().lower()
     if asked and asked not in KERNEL_CHOICES:
         raise ValueError(f"{KERNELS_VARIABLE} must be one of {KERNEL_CHOICES}, got {asked!r}")
-    missing = [name for name in FAST_EXTRA if importlib.util.find_spec(name) is None]
+    missing = _missing_fast_extra()
     if asked == "numba" and missing:
         raise ValueError(f"{KERNELS_VARIABLE}=numba needs {', '.join(missing)}, not installed: "
                          "pip install 'xlstm-array[fast]'")
