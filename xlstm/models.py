@@ -144,7 +144,8 @@ class CharLM:
             d_outputs.append(dense_grads["inputs"])
             kernel_grads.append(dense_grads["kernel"])
             bias_grads.append(dense_grads["bias"])
-        rnn_grads = rnn_backward(xp.reshape(xp.concat(d_outputs, axis=0), tuple(outputs.shape)))
+        d_flat = d_outputs[0] if len(d_outputs) == 1 else xp.concat(d_outputs, axis=0)  # one block: no copy
+        rnn_grads = rnn_backward(xp.reshape(d_flat, tuple(outputs.shape)))
         # The embedding's gradient adds each position's input gradient to its token's row: a
         # scatter-add, which the array API lacks, so the backend's library supplies it.
         flat_ids = xp.reshape(inputs, (-1,))
