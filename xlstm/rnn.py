@@ -173,10 +173,13 @@ def _backpropagate(cell: LSTMCell, run: Unrolled, d_outputs: Any, d_final_state:
         dc, dh = zeros, zeros
     else:
         dc, dh = cell.check_state("d_final_state", d_final_state, batch, xp)
-    if run.kernels is not None:  # under layer norm the kernels also return the norms' gradients
+    if run.kernels is not None:
         d_weights, d_inputs, dc, dh, *d_norms = run.kernels.lstm_backward(run.kernel_cache, d_out, dc, dh)
-        return {"weights": d_weights, "inputs": _batch_major(xp, d_inputs, time_major),
-                "initial_state": LSTMState(dc, dh), **dict(zip(("norm_gain", "norm_shift"), d_norms))}
+        result = {"weights": d_weights, "inputs": _batch_major(xp, d_inputs, time_major),
+                  "initial_state": LSTMState(dc, dh)}
+        if cell.layer_norm:  # the layer-norm kernels also return the norms' gradients
+            result["norm_gain"], result["norm_shift"] = d_norms
+        return result
     _, input_weights, recurrent_weights = cell.split_weights()
     d_gain = d_shift = None
     d_preactivations = [None] * steps
