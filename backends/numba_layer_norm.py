@@ -194,7 +194,8 @@ class ForwardCache(NamedTuple):
     weights: numpy.ndarray  # [4H, 1 + I + H]
     norm_gain: numpy.ndarray  # [5, H]
     inputs: numpy.ndarray  # [T, B, I]
-    kept: tuple  # gates, gates_normalised [T, B, 4H]; cells [T + 1, B, H]; cells_normalised, tanh_cells, carried_h [T, B, H]
+    # gates, gates_normalised [T, B, 4H]; cells [T + 1, B, H]; cells_normalised, tanh_cells, carried_h [T, B, H]
+    kept: tuple
     inverse_stds: numpy.ndarray  # 1/σ of the four gate blocks and the cell state, [T, B, 5]
     masks: numpy.ndarray  # dropout masks [T, B, H], or [0, B, H] without dropout
     valid: numpy.ndarray  # [T, B] booleans, or [0, B] without lengths
