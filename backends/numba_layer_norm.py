@@ -61,8 +61,8 @@ def _normalise(x, out, epsilon, size, one):
 @numba.njit(**REDUCTION)
 def _normalise_vjp(d_normalised, normalised, inverse_std, size):
     """In place, dx̂ → dx = (1/σ)·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) (`cell_grad.layer_norm_vjp`)."""
-    total = size - size
-    dot = size - size
+    zero = size - size  # in the arrays' dtype
+    total, dot = zero, zero
     for j in range(d_normalised.shape[0]):
         total += d_normalised[j]
         dot += d_normalised[j] * normalised[j]
@@ -107,8 +107,8 @@ def _forward_rows(start, stop, projected, recurrent, gain, shift, forget_bias, e
                 row[k] += x[k]
             act, normalised, inverse_std = gates[slot, b], gates_normalised[slot, b], inverse_stds[slot, b]
             for gate in range(4):
-                start_k, stop_k = gate * units, (gate + 1) * units
-                inverse_std[gate] = _normalise(row[start_k:stop_k], normalised[start_k:stop_k], epsilon, size, one)
+                first, end = gate * units, (gate + 1) * units
+                inverse_std[gate] = _normalise(row[first:end], normalised[first:end], epsilon, size, one)
             f, i, g, o = act[:units], act[units : 2 * units], act[2 * units : 3 * units], act[3 * units :]
             f_hat, i_hat, g_hat, o_hat = (normalised[:units], normalised[units : 2 * units],
                                           normalised[2 * units : 3 * units], normalised[3 * units :])
