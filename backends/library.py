@@ -62,3 +62,9 @@ class Library:
         None means xlstm runs its generic array-API code, which every library supports.
         """
         return None
+
+    def lstm_layer_norm_kernels(self) -> Any:
+        """Like `lstm_kernels`, for the layer-norm cell: a module whose `lstm_forward` also takes
+        norm_gain, norm_shift and norm_epsilon and whose `lstm_backward` also returns their
+        gradients; or None (the generic code)."""
+        return None

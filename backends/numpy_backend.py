@@ -23,9 +23,11 @@ class NumpyLibrary(Library):
         """What the backend is and which LSTM kernels it runs (`python -m xlstm backends` prints it)."""
         try:
             kernels = self.lstm_kernels().DESCRIPTION
+            layer_norm = self.lstm_layer_norm_kernels()
         except ValueError as error:  # a bad XLSTM_KERNELS: say so here too
-            kernels = str(error)
-        return f"NumPy via array-api-compat (CPU); LSTM: {kernels}"
+            return f"NumPy via array-api-compat (CPU); LSTM: {error}"
+        layer_norm = "the generic array-API code" if layer_norm is None else layer_norm.DESCRIPTION
+        return f"NumPy via array-api-compat (CPU); LSTM: {kernels}; layer-norm LSTM: {layer_norm}"
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -73,6 +75,15 @@ class NumpyLibrary(Library):
         from xlstm_backends import numpy_kernels
 
         return numpy_kernels
+
+    def lstm_layer_norm_kernels(self) -> Any:
+        """The compiled layer-norm kernels with the `fast` extra (unless XLSTM_KERNELS=numpy), else
+        None: without numba the layer-norm cell runs the generic array-API code."""
+        if kernel_choice() != "numba":
+            return None
+        from xlstm_backends import numba_layer_norm
+
+        return numba_layer_norm
 
 
 @functools.cache

@@ -223,3 +223,16 @@ def test_layer_runs_report_every_ratio_and_its_spread():
             assert len(ratios) == 2 and tiny[step]["ratio"] == pytest.approx(sum(ratios) / 2)
     if TORCH_REASON is None:
         assert bench.format_rows(tiny)[0].endswith("]")
+
+
+def test_layer_norm_option_times_the_layer_norm_cell(monkeypatch):
+    """`bench --layer-norm`: xlstm's side runs layer-norm cells, and the header says so and which kernels ran."""
+    cells = []
+    original = bench.xlstm.LSTMCell
+    monkeypatch.setattr(bench.xlstm, "LSTMCell", lambda *a, **k: cells.append(k["layer_norm"]) or original(*a, **k))
+    lines: list[str] = []
+    results = bench.run_benchmark("tiny", tasks="layer", repeats=1, layer_norm=True, write=lines.append)
+    assert results["layer_norm"] is True and cells == [True]
+    assert "layer-norm cell against torch's plain LSTM" in lines[0]
+    kernels = bench.get_backend(None).library.lstm_layer_norm_kernels()
+    assert results["machine"]["fused_kernels"] == (None if kernels is None else kernels.DESCRIPTION)

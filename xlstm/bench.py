@@ -119,7 +119,7 @@ def _blas_threads_note() -> str:
     return "as configured (" + (", ".join(settings) if settings else "library default") + ")"
 
 
-def machine_description(backend: Any, threads: int, reference_device: str) -> dict[str, Any]:
+def machine_description(backend: Any, threads: int, reference_device: str, layer_norm: bool = False) -> dict[str, Any]:
     """What the figures were measured on: CPU, threads, versions, backend and device."""
     versions = {"python": platform.python_version(), "xlstm": xlstm.__version__}
     for module in ("numpy", "array_api_compat", "torch", backend.name):
@@ -135,15 +135,15 @@ def machine_description(backend: Any, threads: int, reference_device: str) -> di
         "versions": versions,
         "backend": backend.name,
         "device": str(backend.device),
-        "fused_kernels": _kernels_description(backend),
+        "fused_kernels": _kernels_description(backend, layer_norm),
         "reference_device": reference_device,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _kernels_description(backend: Any) -> str | None:
-    """Which fused LSTM kernels the backend runs (None: the generic array-API code)."""
-    kernels = backend.library.lstm_kernels()
+def _kernels_description(backend: Any, layer_norm: bool = False) -> str | None:
+    """Which fused LSTM kernels the backend runs for the cell (None: the generic array-API code)."""
+    kernels = backend.library.lstm_layer_norm_kernels() if layer_norm else backend.library.lstm_kernels()
     return None if kernels is None else getattr(kernels, "DESCRIPTION", "the backend's fused LSTM kernels")
 
 
@@ -158,11 +158,11 @@ def measure_matmul(backend: Any, repeats: int | None, min_seconds: float) -> dic
 
 
 def measure_xlstm(backend: Any, shape: tuple[int, int, int, int], repeats: int | None,
-                  min_seconds: float) -> dict[str, dict[str, Any]]:
+                  min_seconds: float, layer_norm: bool = False) -> dict[str, dict[str, Any]]:
     """Forward and training-step medians (ms) of xlstm's LSTM on `backend`, public API only."""
     batch, steps, input_size, hidden = shape
     dtype = backend.resolve_dtype("float32")
-    cell = xlstm.LSTMCell(hidden, input_size, seed=0, dtype=dtype, backend=backend)
+    cell = xlstm.LSTMCell(hidden, input_size, layer_norm=layer_norm, seed=0, dtype=dtype, backend=backend)
     inputs = backend.random(0).normal((batch, steps, input_size), dtype)
 
     def forward() -> None:
@@ -205,6 +205,7 @@ def run_benchmark(
     runs: int = 1,
     threads: int | None = None,
     min_seconds: float = MIN_SECONDS,
+    layer_norm: bool = False,
     write: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Measure every task (the LSTM layer at every shape, the main job); print the report
@@ -214,7 +215,8 @@ def run_benchmark(
     adaptive (timed runs of each case add up to `min_seconds`, at least 3 of them);
     `runs` > 1 measures xlstm and torch that many times, alternating, and reports the
     spread of each ratio; `threads` None means one torch thread per usable CPU. NumPy's
-    BLAS threads are left as they are.
+    BLAS threads are left as they are. `layer_norm` times xlstm's layer-norm cell in the layer
+    task (torch.nn.LSTM has no layer norm: the ratio is then against its plain LSTM).
     """
     names = parse_shapes(shapes) if isinstance(shapes, str) else parse_shapes(",".join(shapes))
     tasks = parse_tasks(tasks) if isinstance(tasks, str) else parse_tasks(",".join(tasks))
@@ -232,8 +234,9 @@ def run_benchmark(
     previous_threads = torch_reference.set_threads(threads)  # the xlstm torch backend runs on them too
     try:
         results: dict[str, Any] = {
-            "machine": machine_description(bench_backend, threads, reference_device),
+            "machine": machine_description(bench_backend, threads, reference_device, layer_norm),
             "dtype": "float32",
+            "layer_norm": layer_norm,
             "tasks": tasks,
             "timing": {"warmup_runs": 1, "warmup_seconds": 0.1 * min_seconds, "runs": runs,
                        "repeats": repeats if repeats is not None else "adaptive", "min_seconds": min_seconds},
@@ -251,7 +254,7 @@ def run_benchmark(
             results["shapes"] = []
             for name in names:
                 entry = _measure_shape(results, name, bench_backend, reference_device, threads, runs, repeats,
-                                       min_seconds)
+                                       min_seconds, layer_norm)
                 results["shapes"].append(entry)
                 for line in format_rows(entry):
                     emit(line)
@@ -269,12 +272,12 @@ def run_benchmark(
 
 
 def _measure_shape(results: dict[str, Any], name: str, backend: Any, reference_device: str, threads: int,
-                   runs: int, repeats: int | None, min_seconds: float) -> dict[str, Any]:
+                   runs: int, repeats: int | None, min_seconds: float, layer_norm: bool) -> dict[str, Any]:
     """One shape's entry: `runs` alternating measurements of xlstm and torch."""
     shape, reference_info = SHAPES[name], results["torch_reference"]
     pairs = []
     for _ in range(runs):
-        measured = measure_xlstm(backend, shape, repeats, min_seconds)
+        measured = measure_xlstm(backend, shape, repeats, min_seconds, layer_norm)
         reference, reason = (None, reference_info["reason"]) if reference_info["reason"] else \
             torch_reference.time_torch_lstm(*shape, device=reference_device, threads=threads, repeats=repeats,
                                             min_seconds=min_seconds)
@@ -386,7 +389,8 @@ def format_header(results: dict[str, Any]) -> list[str]:
             else f"adaptive repeats (≥ 3 timed runs adding up to ≥ {timing['min_seconds']:g} s per case)")
     lines = [
         "xlstm bench: LSTM forward and training step (forward + backward, loss ½Σ outputs²), "
-        f"{results['dtype']}",
+        f"{results['dtype']}"
+        + ("; xlstm's layer-norm cell against torch's plain LSTM" if results.get("layer_norm") else ""),
         f"machine   {machine['cpu']}, {cpus}, {machine['platform']}"
         + (f", GPU {machine['gpu']}" if machine["gpu"] else ""),
         f"threads   torch {machine['threads']['torch']}; numpy BLAS {machine['threads']['blas']}",
@@ -451,7 +455,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     """`python -m xlstm bench ...`: measure, print the table, write --json; exit code 0."""
     _check_json_path(args.json)
     results = run_benchmark(args.shapes, tasks=args.task, backend=args.backend, device=args.device,
-                            repeats=args.repeats, runs=args.runs, threads=args.threads)
+                            repeats=args.repeats, runs=args.runs, threads=args.threads, layer_norm=args.layer_norm)
     if args.json is not None:
         write_json(args.json, results)
         print(f"\nwrote {args.json}")
@@ -478,5 +482,7 @@ def add_bench_parser(commands: Any) -> None:
     bench.add_argument("--threads", type=int, default=None,
                        help=f"torch threads; None: one per usable CPU (here {usable_cpus()}); numpy's BLAS "
                             "threads are left as they are")
+    bench.add_argument("--layer-norm", action="store_true",
+                       help="time xlstm's layer-norm cell in the layer task (torch's side stays its plain LSTM)")
     bench.add_argument("--json", default=None, metavar="FILE", help="also write every figure to this JSON file")
     bench.set_defaults(run=run_bench_command)

@@ -123,10 +123,13 @@ def _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_b
     namespace_of(inputs=inputs, initial_state_c=state.c, initial_state_h=state.h)
     valid = _valid_steps(sequence_length, steps, batch, inputs, xp)
     masks = cell.dropout_masks((steps, batch, cell.num_units))
-    kernels = None if cell.layer_norm else cell.backend.library.lstm_kernels()
+    library = cell.backend.library
+    kernels = library.lstm_layer_norm_kernels() if cell.layer_norm else library.lstm_kernels()
     if kernels is not None:  # the backend's fused loop: the same numbers, fewer allocations
+        norms = dict(norm_gain=cell.norm_gain, norm_shift=cell.norm_shift,
+                     norm_epsilon=cell.norm_epsilon) if cell.layer_norm else {}
         outputs, c, h, cache = kernels.lstm_forward(x, cell.weights, state.c, state.h, cell.forget_bias,
-                                                    masks, valid, keep_for_backward)
+                                                    masks, valid, keep_for_backward, **norms)
         return Unrolled(xp, x, outputs, LSTMState(c, h), valid, masks, [], [], kernels, cache)
 
     bias, input_weights, recurrent_weights = cell.split_weights()
@@ -171,9 +174,12 @@ def _backpropagate(cell: LSTMCell, run: Unrolled, d_outputs: Any, d_final_state:
     else:
         dc, dh = cell.check_state("d_final_state", d_final_state, batch, xp)
     if run.kernels is not None:
-        d_weights, d_inputs, dc, dh = run.kernels.lstm_backward(run.kernel_cache, d_out, dc, dh)
-        return {"weights": d_weights, "inputs": _batch_major(xp, d_inputs, time_major),
-                "initial_state": LSTMState(dc, dh)}
+        d_weights, d_inputs, dc, dh, *d_norms = run.kernels.lstm_backward(run.kernel_cache, d_out, dc, dh)
+        result = {"weights": d_weights, "inputs": _batch_major(xp, d_inputs, time_major),
+                  "initial_state": LSTMState(dc, dh)}
+        if cell.layer_norm:  # the layer-norm kernels also return the norms' gradients
+            result["norm_gain"], result["norm_shift"] = d_norms
+        return result
     _, input_weights, recurrent_weights = cell.split_weights()
     d_gain = d_shift = None
     d_preactivations = [None] * steps
