@@ -16,21 +16,32 @@ allocated once per call, and keep the weights in the layout the matmuls want:
 - the large buffers (the projection, the outputs, what the backward pass keeps, the gate
   gradients) come from `backends.workspace`, which reuses memory from earlier calls: fresh
   pages would cost a page fault each on first write, as much as the arithmetic at medium sizes.
+- both cores: the batch rows of a recurrence never meet, so the batch is cut into row blocks
+  (`backends.row_threads`, XLSTM_THREADS) and each thread runs the whole loop over its own rows,
+  in buffers of its own; NumPy releases the GIL inside its ufuncs and products. Inside the
+  blocks BLAS runs on one thread (threadpoolctl): two callers each asking OpenBLAS for every
+  core make its threads spin against each other.
 Layer norm stays on the generic path.
 """
 from __future__ import annotations
 
+import functools
 import itertools
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy
+from threadpoolctl import ThreadpoolController
 
+from xlstm_backends.row_threads import row_blocks, run_on_row_blocks
 from xlstm_backends.workspace import WORKSPACE
 
 DESCRIPTION = "NumPy kernels (fused in-place ufuncs; pip install 'xlstm-array[fast]' for compiled ones)"
 empty = WORKSPACE.empty  # large buffers reuse memory from earlier calls: no page faults
 
 SIGMOID_GATES = 3  # f, i, o come first in the kernels' gate order; the candidate c is last
+# The smallest row block worth a thread of its own, in cells of an [H, b] state: below it the
+# GIL handoffs of a block's many short NumPy calls ate the second core's gain (README, Speed).
+MIN_BLOCK_CELLS = 4096
 
 
 def kernel_order(units: int) -> numpy.ndarray:
@@ -39,16 +50,57 @@ def kernel_order(units: int) -> numpy.ndarray:
     return numpy.concatenate([f, i, o, c])
 
 
+class Weights(NamedTuple):
+    """The weights in the kernels' gate order f, i, o, c, and as the forward loop uses them."""
+
+    ordered: numpy.ndarray  # W rows reordered, [4H, 1 + I + H]: what the backward pass needs
+    inputs: numpy.ndarray  # input weights, sigmoid rows halved, [4H, I]
+    recurrent: numpy.ndarray  # recurrent weights, sigmoid rows halved, contiguous [4H, H]
+    bias: numpy.ndarray  # bias plus forget bias, sigmoid rows halved, [4H, 1]
+
+
+class RowsCache(NamedTuple):
+    """What the backward pass needs from one row block's forward loop (feature-major)."""
+
+    inputs_and_h: numpy.ndarray  # [T, b, I + H]: x_t and h_{t-1}, the rows of the weight gradient
+    gates: numpy.ndarray  # activated f, i, o and tanh candidate, [T, 4H, b]
+    cells: numpy.ndarray  # c_{t-1} for every step, then c_T: [T + 1, H, b]
+    tanh_cells: numpy.ndarray  # tanh(c_t) [T, H, b]
+    masks: numpy.ndarray | None  # dropout masks [T, H, b]
+    valid: numpy.ndarray | None  # [T, 1, b] booleans
+
+
 class ForwardCache(NamedTuple):
-    """What the backward pass needs from the forward pass (kernel gate order, feature-major)."""
+    """What the backward pass needs from the forward pass: the weights, and each row block's loop."""
 
     weights: numpy.ndarray  # W rows reordered, [4H, 1 + I + H]
-    inputs_and_h: numpy.ndarray  # [T, B, I + H]: x_t and h_{t-1}, the rows of the weight gradient
-    gates: numpy.ndarray  # activated f, i, o and tanh candidate, [T, 4H, B]
-    cells: numpy.ndarray  # c_{t-1} for every step, then c_T: [T + 1, H, B]
-    tanh_cells: numpy.ndarray  # tanh(c_t) [T, H, B]
-    masks: numpy.ndarray | None  # dropout masks [T, H, B]
-    valid: numpy.ndarray | None  # [T, 1, B] booleans
+    blocks: list[tuple[int, int]]  # [start, stop) of every row block
+    rows: list[RowsCache]  # one per block
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    """The process's BLAS libraries, found once (looking them up takes milliseconds)."""
+    return ThreadpoolController()
+
+
+def _on_row_blocks(blocks: list[tuple[int, int]], work: Callable[[int, slice], Any]) -> list[Any]:
+    """[work(k, rows of block k) for every block], the blocks side by side on threads of their own,
+    BLAS on one thread inside each."""
+    index = {start: k for k, (start, _) in enumerate(blocks)}
+    results: list[Any] = [None] * len(blocks)
+
+    def run(start: int, stop: int) -> None:
+        results[index[start]] = work(index[start], slice(start, stop))
+
+    with _blas().limit(limits=1, user_api="blas"):
+        run_on_row_blocks(run, blocks)
+    return results
+
+
+def _rows(array: numpy.ndarray | None, rows: slice) -> numpy.ndarray | None:
+    """Batch rows `rows` of a time-major [T, B, ...] array (None stays None)."""
+    return None if array is None else array[:, rows]
 
 
 def _feature_major(array: numpy.ndarray | None) -> numpy.ndarray | None:
@@ -68,27 +120,54 @@ def _step_views(gates, c, c_new, tanh_c, units: int) -> tuple:
             gates[sigmoids:], c, c_new, tanh_c)
 
 
+def _forward_weights(weights: numpy.ndarray, input_size: int, units: int, forget_bias: float) -> Weights:
+    """Reorder the gates, add the forget bias, and fold σ(a) = ½·tanh(½a) + ½'s inner ½ into the
+    sigmoid gates' rows once, so one tanh covers all four gates each step and two in-place ops
+    finish the sigmoids."""
+    w = weights[kernel_order(units)]
+    half = numpy.ones((4 * units, 1), weights.dtype)
+    half[: SIGMOID_GATES * units] = 0.5
+    bias = w[:, :1].copy()
+    bias[:units] += forget_bias
+    return Weights(w, w[:, 1 : 1 + input_size] * half, numpy.ascontiguousarray(w[:, 1 + input_size :] * half),
+                   bias * half)
+
+
 def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=None, keep_for_backward=False):
-    """Unroll the plain LSTM over time-major inputs [T, B, I].
+    """Unroll the plain LSTM over time-major inputs [T, B, I], each row block on a thread of its own.
 
     Returns (outputs [T, B, H], c_T, h_T, cache or None). Without `keep_for_backward` the
     loop allocates nothing per step: O(B·H) buffers are reused across steps.
     """
     steps, batch, input_size = inputs.shape
     units = c0.shape[1]
-    dtype = weights.dtype
-    w = weights[kernel_order(units)]
-    # σ(a) = ½·tanh(½a) + ½: the ½ inside is folded into the sigmoid gates' rows once, so one
-    # tanh covers all four gates each step and two in-place ops finish the sigmoids.
-    half = numpy.ones((4 * units, 1), dtype)
-    half[: SIGMOID_GATES * units] = 0.5
-    bias = w[:, 0].copy()
-    bias[:units] += forget_bias
-    recurrent_weights = numpy.ascontiguousarray(w[:, 1 + input_size :] * half)  # [4H, H]
+    prepared = _forward_weights(weights, input_size, units, forget_bias)
+    blocks = row_blocks(batch, min_rows=-(-MIN_BLOCK_CELLS // units))
+    if len(blocks) == 1:
+        outputs, c, h, rows_cache = _forward_rows(prepared, inputs, c0, h0, masks, valid, keep_for_backward)
+        return outputs, c, h, ForwardCache(prepared.ordered, blocks, [rows_cache]) if keep_for_backward else None
+    outputs = empty((steps, batch, units), weights.dtype)
+    c, h = (numpy.empty((batch, units), weights.dtype) for _ in range(2))
+
+    def work(_: int, rows: slice) -> RowsCache | None:  # each thread copies its rows into the results
+        outputs[:, rows], c[rows], h[rows], rows_cache = _forward_rows(
+            prepared, inputs[:, rows], c0[rows], h0[rows], _rows(masks, rows), _rows(valid, rows), keep_for_backward)
+        return rows_cache
+
+    caches = _on_row_blocks(blocks, work)
+    return outputs, c, h, ForwardCache(prepared.ordered, blocks, caches) if keep_for_backward else None
+
+
+def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backward: bool):
+    """`lstm_forward`'s loop over one block of batch rows: (outputs, c_T, h_T, RowsCache or None)."""
+    steps, batch, input_size = inputs.shape
+    units = c0.shape[1]
+    dtype = weights.ordered.dtype
     # All steps' input projections at once: [4H, I] · [I, T·B]; step t is columns t·B … t·B + B.
     projected = empty((4 * units, steps * batch), dtype)
-    numpy.matmul(w[:, 1 : 1 + input_size] * half, inputs.reshape(steps * batch, input_size).T, out=projected)
-    projected += bias[:, None] * half
+    numpy.matmul(weights.inputs, inputs.reshape(steps * batch, input_size).T, out=projected)
+    projected += weights.bias
+    recurrent_weights = weights.recurrent
     masks, valid = _feature_major(masks), _feature_major(valid)
 
     outputs = empty((steps, units, batch), dtype)
@@ -143,21 +222,49 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
         inputs_and_h[1:, :, input_size:] = outputs[:-1].transpose(0, 2, 1)
     cache = None
     if keep_for_backward:
-        cache = ForwardCache(w, inputs_and_h, gates, cells, tanh_cells, masks, valid)
+        cache = RowsCache(inputs_and_h, gates, cells, tanh_cells, masks, valid)
     # copies: h may be a view of the outputs, c of the cache
     return outputs.transpose(0, 2, 1), numpy.array(c.T, order="C"), numpy.array(h.T, order="C"), cache
 
 
 def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
-    """Backpropagate through the loop of `lstm_forward`.
+    """Backpropagate through the loop of `lstm_forward`, each row block on the thread it ran on
+    forwards; the blocks' weight gradients are summed.
 
     Returns (d_weights in xlstm's layout [4H, 1 + I + H], d_inputs [T, B, I], d_c0, d_h0).
     """
+    units = cache.weights.shape[0] // 4
+    input_size = cache.weights.shape[1] - 1 - units
+    recurrent_weights_t = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :].T)  # [H, 4H]
+    input_weights = cache.weights[:, 1 : 1 + input_size]
+    if len(cache.blocks) == 1:
+        d_weights, d_inputs, d_c0, d_h0 = _backward_rows(cache.rows[0], recurrent_weights_t, input_weights,
+                                                         d_outputs, d_c, d_h)
+    else:
+        steps, batch = cache.rows[0].gates.shape[0], d_c.shape[0]
+        d_inputs = empty((steps, batch, input_size), cache.weights.dtype)
+        d_c0, d_h0 = (numpy.empty((batch, units), cache.weights.dtype) for _ in range(2))
+
+        def work(k: int, rows: slice) -> numpy.ndarray:  # each thread copies its rows into the results
+            block_d_weights, d_inputs[:, rows], d_c0[rows], d_h0[rows] = _backward_rows(
+                cache.rows[k], recurrent_weights_t, input_weights, _rows(d_outputs, rows), d_c[rows], d_h[rows])
+            return block_d_weights
+
+        d_weights, *others = _on_row_blocks(cache.blocks, work)
+        for block_d_weights in others:
+            d_weights += block_d_weights
+    unordered = numpy.empty_like(d_weights)
+    unordered[kernel_order(units)] = d_weights
+    return unordered, d_inputs, d_c0, d_h0
+
+
+def _backward_rows(cache: RowsCache, recurrent_weights_t, input_weights, d_outputs, d_c, d_h):
+    """`lstm_backward`'s loop over one block of batch rows: (d_weights in the kernels' gate order,
+    d_inputs, d_c0, d_h0)."""
     steps, batch, width = cache.inputs_and_h.shape
     units = cache.cells.shape[1]
     input_size = width - units
     dtype = cache.gates.dtype
-    recurrent_weights_t = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :].T)  # [H, 4H]
     d_outputs = _feature_major(d_outputs)
     d_gates = empty((4 * units, steps, batch), dtype)  # column block t is step t
     d_h = numpy.array(d_h.T, dtype=dtype, order="C")  # copies: both are updated in place
@@ -223,11 +330,9 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
 
     rows = steps * batch
     flat_d_gates = d_gates.reshape(4 * units, rows)
-    d_weights = numpy.empty_like(cache.weights)
+    d_weights = numpy.empty((4 * units, 1 + width), dtype)
     d_weights[:, 0] = flat_d_gates.sum(axis=1)
     numpy.matmul(flat_d_gates, cache.inputs_and_h.reshape(rows, width), out=d_weights[:, 1:])
     d_inputs = empty((rows, input_size), dtype)
-    numpy.matmul(flat_d_gates.T, cache.weights[:, 1 : 1 + input_size], out=d_inputs)
-    unordered = numpy.empty_like(d_weights)
-    unordered[kernel_order(units)] = d_weights
-    return unordered, d_inputs.reshape(steps, batch, input_size), numpy.ascontiguousarray(d_c.T), numpy.ascontiguousarray(d_h.T)
+    numpy.matmul(flat_d_gates.T, input_weights, out=d_inputs)
+    return d_weights, d_inputs.reshape(steps, batch, input_size), numpy.ascontiguousarray(d_c.T), numpy.ascontiguousarray(d_h.T)

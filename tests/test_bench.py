@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -84,7 +85,8 @@ def test_tiny_json_has_every_figure(tiny_run):
     machine = results["machine"]
     assert machine["backend"] == "numpy" and machine["cpus"] >= 1 and machine["cpu"]
     assert machine["versions"]["numpy"] and machine["versions"]["xlstm"]
-    assert machine["threads"]["torch"] == bench.usable_cpus()
+    assert machine["threads"]["torch"] == machine["threads"]["xlstm"] == bench.usable_cpus()
+    assert bench.THREADS_VARIABLE not in os.environ  # set for the run only
     assert results["dtype"] == "float32" and results["timing"]["repeats"] == 1
     matmul = results["matmul"]
     assert matmul["size"] == 1024 and matmul["ms"] > 0 and matmul["repeats"] == 1

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import importlib.util
 
 import xlstm
-from xlstm_backends import numpy_backend, numpy_kernels
+from xlstm_backends import numpy_backend, numpy_kernels, row_threads
 from xlstm_backends.numpy_backend import NumpyLibrary
 
 NUMBA_MISSING = any(importlib.util.find_spec(name) is None for name in numpy_backend.FAST_EXTRA)
@@ -57,8 +57,8 @@ def _run_both(monkeypatch, case, dtype, kernels="numpy"):
 
 
 @st.composite
-def cases(draw):
-    B, T = draw(st.integers(1, 5)), draw(st.integers(0, 6))
+def cases(draw, batch=st.integers(1, 5)):
+    B, T = draw(batch), draw(st.integers(0, 6))
     lengths = draw(st.none() | st.lists(st.integers(0, T), min_size=B, max_size=B))
     return (B, T, draw(st.integers(1, 5)), draw(st.integers(1, 6)), lengths, draw(st.sampled_from([1.0, 0.6])),
             draw(st.booleans()), draw(st.integers(0, 2**31)))
@@ -76,6 +76,34 @@ def test_fused_kernels_equal_generic_code(kernels, dtype, tolerance, case):
     for name in fused:
         assert fused[name].dtype == generic[name].dtype, name
         np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
+
+
+@pytest.mark.parametrize("threads", ["2", "3"])
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
+@settings(max_examples=25, deadline=None)
+@given(case=cases(batch=st.integers(2, 7)))
+def test_numpy_kernels_on_row_blocks_equal_generic_code(threads, dtype, tolerance, case):
+    """The batch cut into 2-3 row blocks of uneven sizes, each block's loop on its own thread."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(row_threads.THREADS_VARIABLE, threads)
+        monkeypatch.setattr(numpy_kernels, "MIN_BLOCK_CELLS", 1)
+        fused, generic = _run_both(monkeypatch, case, dtype)
+    for name in fused:
+        np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
+
+
+def test_numpy_kernels_cut_the_batch_into_row_blocks_of_min_block_cells(monkeypatch):
+    """Blocks of at least MIN_BLOCK_CELLS rows × units, at most XLSTM_THREADS of them; a batch too
+    small stays whole."""
+    rng = np.random.default_rng(0)
+    weights, c0 = rng.normal(size=(8, 6)), np.zeros((7, 2))
+    monkeypatch.setenv(row_threads.THREADS_VARIABLE, "3")
+    monkeypatch.setattr(numpy_kernels, "MIN_BLOCK_CELLS", 3)  # 2 rows of 2 units
+    *_, cache = numpy_kernels.lstm_forward(rng.normal(size=(4, 7, 3)), weights, c0, c0, 1.0, keep_for_backward=True)
+    assert cache.blocks == [(0, 2), (2, 4), (4, 7)]
+    *_, cache = numpy_kernels.lstm_forward(rng.normal(size=(4, 3, 3)), weights, c0[:3], c0[:3], 1.0,
+                                           keep_for_backward=True)
+    assert cache.blocks == [(0, 3)]
 
 
 @pytest.mark.parametrize("kernels", KERNELS)

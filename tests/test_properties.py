@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xlstm
 from reference import reference_rnn
+from xlstm_backends import numpy_backend, numpy_kernels, row_threads
 
 
 @st.composite
-def problems(draw):
-    B, T = draw(st.integers(1, 4)), draw(st.integers(0, 5))
+def problems(draw, batch=st.integers(1, 4)):
+    B, T = draw(batch), draw(st.integers(0, 5))
     I, H = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     use_lengths = draw(st.booleans())
     lengths = draw(st.lists(st.integers(0, T), min_size=B, max_size=B)) if use_lengths else None
@@ -25,6 +27,23 @@ def problems(draw):
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(problem=problems())
 def test_dynamic_rnn_agrees_with_reference(backend, problem):
+    _check_against_reference(backend, problem)
+
+
+@pytest.mark.parametrize("threads", ["2", "3"])
+@settings(max_examples=20, deadline=None)
+@given(problem=problems(batch=st.integers(2, 7)))
+def test_numpy_kernels_on_row_blocks_agree_with_reference(threads, problem):
+    """The NumPy kernels with the batch cut into 2-3 uneven row blocks, one thread each."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(row_threads.THREADS_VARIABLE, threads)
+        monkeypatch.setattr(numpy_kernels, "MIN_BLOCK_CELLS", 1)
+        monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, "numpy")
+        _check_against_reference("numpy", problem)
+
+
+def _check_against_reference(backend, problem):
+    """dynamic_rnn's outputs and final state on `backend` against the float64 reference."""
     B, T, I, H = problem["shape"]
     rng = np.random.default_rng(problem["seed"])
     W, inputs = rng.normal(size=(4 * H, 1 + I + H)), rng.normal(size=(B, T, I))
