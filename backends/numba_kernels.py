@@ -37,7 +37,16 @@ empty = WORKSPACE.empty
 # large bench shape (B = 128, H = 512) one thread made the forward pass 1.8× torch's time against 1.5×.
 BLAS = ThreadpoolController()
 ONE_THREAD_BELOW = 1 << 24  # multiply-adds of one step's product [B, H]·[H, 4H]
-MIN_ROWS = 2  # the fewest batch rows worth a thread of their own (measured: README)
+# A thread of its own pays only for a block of at least 8 rows and 512 row-units (rows·H): below,
+# OpenBLAS takes about as long for the block's product as for twice the rows (it streams all of W_h
+# either way) and, at small H, handing work to a thread and rows sharing cache lines cost more than
+# they save (B = 16: H = 64 0.75× the one-thread time, H = 32 1.02×, H = 5 1.49×; README).
+MIN_ROWS, MIN_ROW_UNITS = 8, 512
+
+
+def _row_blocks(batch: int, units: int) -> list[tuple[int, int]]:
+    """The batch's row blocks, one per thread, each big enough to be worth its thread."""
+    return row_blocks(batch, max(MIN_ROWS, -(-MIN_ROW_UNITS // units)))
 
 
 def _blas_threads(blocks: list[tuple[int, int]], units: int):
@@ -209,7 +218,7 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     tanh_cells = empty((kept, batch, units), dtype)
     cells = empty((steps + 1 if keep_for_backward else 0, batch, units), dtype)
     carried_h = empty((steps if keep_for_backward else 0, batch, units), dtype)
-    blocks = row_blocks(batch, MIN_ROWS)
+    blocks = _row_blocks(batch, units)
     with _blas_threads(blocks, units):
         run_on_row_blocks(lambda start, stop: _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates,
                                                             cells, tanh_cells, carried_h, keep_for_backward,
@@ -232,7 +241,7 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     d_c, d_h = numpy.array(d_c, dtype, order="C"), numpy.array(d_h, dtype, order="C")
     d_gates = empty((steps, batch, 4 * units), dtype)
     recurrent_t = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :].T)  # [H, 4H]
-    blocks = row_blocks(batch, MIN_ROWS)
+    blocks = _row_blocks(batch, units)
     with _blas_threads(blocks, units):
         run_on_row_blocks(lambda start, stop: _backward_loop(cache.gates, cache.cells, cache.tanh_cells, cache.masks,
                                                              cache.valid, recurrent_t, d_outputs, d_c, d_h, d_gates,

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import importlib.util
 
 import xlstm
-from xlstm_backends import numpy_backend, numpy_kernels
+from xlstm_backends import numpy_backend, numpy_kernels, row_threads
 from xlstm_backends.numpy_backend import NumpyLibrary
 
 NUMBA_MISSING = any(importlib.util.find_spec(name) is None for name in numpy_backend.FAST_EXTRA)
@@ -57,8 +57,8 @@ def _run_both(monkeypatch, case, dtype, kernels="numpy"):
 
 
 @st.composite
-def cases(draw):
-    B, T = draw(st.integers(1, 5)), draw(st.integers(0, 6))
+def cases(draw, batch=st.integers(1, 5)):
+    B, T = draw(batch), draw(st.integers(0, 6))
     lengths = draw(st.none() | st.lists(st.integers(0, T), min_size=B, max_size=B))
     return (B, T, draw(st.integers(1, 5)), draw(st.integers(1, 6)), lengths, draw(st.sampled_from([1.0, 0.6])),
             draw(st.booleans()), draw(st.integers(0, 2**31)))
@@ -76,6 +76,43 @@ def test_fused_kernels_equal_generic_code(kernels, dtype, tolerance, case):
     for name in fused:
         assert fused[name].dtype == generic[name].dtype, name
         np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
+
+
+@pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
+@pytest.mark.parametrize("threads", ["2", "3"])
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
+@settings(max_examples=25, deadline=None)
+@given(case=cases(batch=st.integers(2, 7)))
+def test_compiled_kernels_split_over_row_blocks_equal_generic_code(threads, dtype, tolerance, case):
+    """The batch cut into 2 or 3 blocks of unequal sizes, each block's time loop on its own thread,
+    with lengths and dropout: the same numbers as the generic code."""
+    from xlstm_backends import numba_kernels
+
+    blocks_seen = []
+    split = numba_kernels.run_on_row_blocks
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(row_threads.THREADS_VARIABLE, threads)
+        monkeypatch.setattr(numba_kernels, "MIN_ROWS", 1)
+        monkeypatch.setattr(numba_kernels, "MIN_ROW_UNITS", 1)
+        monkeypatch.setattr(numba_kernels, "run_on_row_blocks",
+                            lambda work, blocks: blocks_seen.append(len(blocks)) or split(work, blocks))
+        fused, generic = _run_both(monkeypatch, case, dtype, "numba")
+    assert blocks_seen and min(blocks_seen) == min(int(threads), case[0])
+    for name in fused:
+        np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
+
+
+@pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
+def test_compiled_kernels_split_only_blocks_worth_a_thread(monkeypatch):
+    """The article's batch of one never splits; the main job's batch of 32 rows of 192 units does."""
+    from xlstm_backends import numba_kernels
+
+    monkeypatch.setenv(row_threads.THREADS_VARIABLE, "2")
+    assert numba_kernels._row_blocks(1, 5) == [(0, 1)]
+    assert numba_kernels._row_blocks(16, 5) == [(0, 16)]
+    assert numba_kernels._row_blocks(32, 192) == [(0, 16), (16, 32)]
+    monkeypatch.setenv(row_threads.THREADS_VARIABLE, "1")
+    assert numba_kernels._row_blocks(32, 192) == [(0, 32)]
 
 
 @pytest.mark.parametrize("kernels", KERNELS)

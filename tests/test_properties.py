@@ -1,12 +1,18 @@
 """Property tests: random shapes, lengths and settings, every backend vs the float64 reference."""
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xlstm
 from reference import reference_rnn
+from xlstm_backends import numpy_backend, row_threads
+
+NUMBA_MISSING = any(importlib.util.find_spec(name) is None for name in numpy_backend.FAST_EXTRA)
 
 
 @st.composite
@@ -25,6 +31,24 @@ def problems(draw):
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(problem=problems())
 def test_dynamic_rnn_agrees_with_reference(backend, problem):
+    _check_against_reference(backend, problem)
+
+
+@pytest.mark.skipif(NUMBA_MISSING, reason="the optional 'fast' extra (numba) is not installed")
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(problem=problems())
+def test_compiled_kernels_split_over_threads_agree_with_reference(monkeypatch, problem):
+    """The compiled kernels with the batch cut into up to 3 row blocks, one thread each."""
+    from xlstm_backends import numba_kernels
+
+    monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, "numba")
+    monkeypatch.setenv(row_threads.THREADS_VARIABLE, "3")
+    monkeypatch.setattr(numba_kernels, "MIN_ROWS", 1)
+    monkeypatch.setattr(numba_kernels, "MIN_ROW_UNITS", 1)
+    _check_against_reference("numpy", problem)
+
+
+def _check_against_reference(backend, problem):
     B, T, I, H = problem["shape"]
     rng = np.random.default_rng(problem["seed"])
     W, inputs = rng.normal(size=(4 * H, 1 + I + H)), rng.normal(size=(B, T, I))
