@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from xlstm_backends import torch_reference
+from xlstm_backends.row_threads import THREADS_VARIABLE
 from xlstm import bench
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +86,7 @@ def test_tiny_json_has_every_figure(tiny_run):
     machine = results["machine"]
     assert machine["backend"] == "numpy" and machine["cpus"] >= 1 and machine["cpu"]
     assert machine["versions"]["numpy"] and machine["versions"]["xlstm"]
-    assert machine["threads"]["torch"] == bench.usable_cpus()
+    assert machine["threads"]["torch"] == machine["threads"]["xlstm"] == bench.usable_cpus()
     assert results["dtype"] == "float32" and results["timing"]["repeats"] == 1
     matmul = results["matmul"]
     assert matmul["size"] == 1024 and matmul["ms"] > 0 and matmul["repeats"] == 1
@@ -103,6 +105,19 @@ def test_tiny_json_has_every_figure(tiny_run):
             assert figures["ratio"] == pytest.approx(figures["xlstm"]["ms"] / figures["torch"]["ms"])
         else:
             assert figures["torch"] is None and figures["ratio"] is None
+
+
+def test_xlstm_kernels_run_on_the_threads_torch_gets(monkeypatch):
+    """--threads N reaches the compiled kernels as XLSTM_THREADS for the run, then the caller's value is back."""
+    monkeypatch.setenv(THREADS_VARIABLE, "7")
+    seen = []
+    measure = bench.measure_xlstm
+    monkeypatch.setattr(bench, "measure_xlstm", lambda *a, **k: seen.append(os.environ[THREADS_VARIABLE]) or measure(*a, **k))
+    lines: list[str] = []
+    results = bench.run_benchmark("tiny", tasks="layer", repeats=1, threads=1, min_seconds=0, write=lines.append)
+    assert seen == ["1"] and results["machine"]["threads"]["xlstm"] == 1
+    assert any(line.startswith("threads ") and "xlstm's kernels up to 1 (XLSTM_THREADS)" in line for line in lines)
+    assert os.environ[THREADS_VARIABLE] == "7"
 
 
 def test_without_torch_the_table_says_why(monkeypatch):

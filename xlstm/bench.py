@@ -26,6 +26,7 @@ from typing import Any, Callable
 import xlstm
 from xlstm import bench_charlm
 from xlstm_backends import get_backend, torch_reference
+from xlstm_backends.row_threads import THREADS_VARIABLE
 from xlstm_backends.storage import write_atomically
 from xlstm_backends.torch_reference import median_ms
 
@@ -131,7 +132,7 @@ def machine_description(backend: Any, threads: int, reference_device: str) -> di
         "os_cpu_count": os.cpu_count(),
         "platform": platform.platform(terse=True),
         "gpu": torch_reference.accelerator_name(backend.name, backend.device),
-        "threads": {"torch": threads, "blas": _blas_threads_note()},
+        "threads": {"torch": threads, "xlstm": threads, "blas": _blas_threads_note()},
         "versions": versions,
         "backend": backend.name,
         "device": str(backend.device),
@@ -213,8 +214,8 @@ def run_benchmark(
     Returns every figure as a JSON-able dict (what `--json` writes). `repeats` None means
     adaptive (timed runs of each case add up to `min_seconds`, at least 3 of them);
     `runs` > 1 measures xlstm and torch that many times, alternating, and reports the
-    spread of each ratio; `threads` None means one torch thread per usable CPU. NumPy's
-    BLAS threads are left as they are.
+    spread of each ratio; `threads` None means one thread per usable CPU, for torch and for
+    xlstm's kernels alike (XLSTM_THREADS, for the run). NumPy's BLAS threads are left as they are.
     """
     names = parse_shapes(shapes) if isinstance(shapes, str) else parse_shapes(",".join(shapes))
     tasks = parse_tasks(tasks) if isinstance(tasks, str) else parse_tasks(",".join(tasks))
@@ -230,6 +231,8 @@ def run_benchmark(
     emit = write if write is not None else (lambda _line: None)
 
     previous_threads = torch_reference.set_threads(threads)  # the xlstm torch backend runs on them too
+    previous_kernel_threads = os.environ.get(THREADS_VARIABLE)
+    os.environ[THREADS_VARIABLE] = str(threads)  # the numpy backend's compiled kernels: as many threads as torch
     try:
         results: dict[str, Any] = {
             "machine": machine_description(bench_backend, threads, reference_device),
@@ -265,6 +268,10 @@ def run_benchmark(
     finally:
         if previous_threads is not None:
             torch_reference.set_threads(previous_threads)
+        if previous_kernel_threads is None:
+            os.environ.pop(THREADS_VARIABLE, None)
+        else:
+            os.environ[THREADS_VARIABLE] = previous_kernel_threads
     return results
 
 
@@ -389,7 +396,8 @@ def format_header(results: dict[str, Any]) -> list[str]:
         f"{results['dtype']}",
         f"machine   {machine['cpu']}, {cpus}, {machine['platform']}"
         + (f", GPU {machine['gpu']}" if machine["gpu"] else ""),
-        f"threads   torch {machine['threads']['torch']}; numpy BLAS {machine['threads']['blas']}",
+        f"threads   torch {machine['threads']['torch']}; xlstm's kernels up to {machine['threads']['xlstm']} "
+        f"({THREADS_VARIABLE}); numpy BLAS {machine['threads']['blas']}",
         f"versions  {versions}",
         f"backend   {machine['backend']} on {machine['device']}, {kernels}",
         f"reference {torch_line}",
@@ -476,7 +484,7 @@ def add_bench_parser(commands: Any) -> None:
     bench.add_argument("--repeats", type=int, default=None,
                        help=f"timed runs per case; None: adaptive, at least 3 adding up to {MIN_SECONDS:g} s")
     bench.add_argument("--threads", type=int, default=None,
-                       help=f"torch threads; None: one per usable CPU (here {usable_cpus()}); numpy's BLAS "
-                            "threads are left as they are")
+                       help=f"threads of torch and of xlstm's kernels ({THREADS_VARIABLE}); None: one per usable "
+                            f"CPU (here {usable_cpus()}); numpy's BLAS threads are left as they are")
     bench.add_argument("--json", default=None, metavar="FILE", help="also write every figure to this JSON file")
     bench.set_defaults(run=run_bench_command)
