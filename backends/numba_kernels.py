@@ -6,7 +6,8 @@ float32 tanh on a CPU without AVX-512 runs scalar at ~3 ns an element, a third o
 at the default model's size. Here each direction of the whole sequence is one compiled
 call: per step one BLAS product (`np.dot`, the recurrent term) and one fused loop over
 [B, H] that does the whole step's pointwise work. Everything is batch-major: gates
-[B, 4H] in the order f, i, o, c, states [B, H].
+[B, 4H] in the order f, i, o, c, states [B, H]. Batch rows never meet, so the batch is cut into
+row blocks and each runs the whole loop on a thread of its own (`row_threads`, XLSTM_THREADS).
 
 float32 uses a rational approximation of tanh (Eigen's, clamped at ±7.9053: at most a
 few units in the last place) that the compiler can vectorise; float64 uses `math.tanh`,
