@@ -6,7 +6,8 @@ float32 tanh on a CPU without AVX-512 runs scalar at ~3 ns an element, a third o
 at the default model's size. Here each direction of the whole sequence is one compiled
 call: per step one BLAS product (`np.dot`, the recurrent term) and one fused loop over
 [B, H] that does the whole step's pointwise work. Everything is batch-major: gates
-[B, 4H] in the order f, i, o, c, states [B, H].
+[B, 4H] in the order f, i, o, c, states [B, H]. Batch rows never meet, so the batch is cut into
+row blocks and each runs the whole loop on a thread of its own (`row_threads`, XLSTM_THREADS).
 
 float32 uses a rational approximation of tanh (Eigen's, clamped at ±7.9053: at most a
 few units in the last place) that the compiler can vectorise; float64 uses `math.tanh`,
@@ -26,6 +27,7 @@ from numba.extending import overload
 from threadpoolctl import ThreadpoolController
 
 from xlstm_backends.numpy_kernels import kernel_order
+from xlstm_backends.row_threads import row_blocks, run_on_row_blocks, thread_count
 from xlstm_backends.workspace import WORKSPACE
 
 DESCRIPTION = f"compiled kernels (numba {numba.__version__})"
@@ -36,11 +38,27 @@ empty = WORKSPACE.empty
 # large bench shape (B = 128, H = 512) one thread made the forward pass 1.8× torch's time against 1.5×.
 BLAS = ThreadpoolController()
 ONE_THREAD_BELOW = 1 << 24  # multiply-adds of one step's product [B, H]·[H, 4H]
+# A thread of its own pays only for a block of at least 8 rows and 512 row-units (rows·H): below,
+# OpenBLAS takes about as long for the block's product as for twice the rows (it streams all of W_h
+# either way) and, at small H, handing work to a thread and rows sharing cache lines cost more than
+# they save (B = 16: H = 64 0.75× the one-thread time, H = 32 1.02×, H = 5 1.49×; README).
+MIN_ROWS, MIN_ROW_UNITS = 8, 512
 
 
-def _blas_threads(batch: int, units: int):
-    """A context that keeps the BLAS to one thread for small per-step products."""
-    return BLAS.limit(limits=1 if batch * units * 4 * units < ONE_THREAD_BELOW else None, user_api="blas")
+def _row_blocks(batch: int, units: int) -> list[tuple[int, int]]:
+    """The batch's row blocks, one per thread, each big enough to be worth its thread."""
+    return row_blocks(batch, max(MIN_ROWS, -(-MIN_ROW_UNITS // units)))
+
+
+def _blas_threads(blocks: list[tuple[int, int]], units: int):
+    """A context that keeps the BLAS to one thread inside the time loops when the batch is split
+    over threads (they already fill the cores) or the per-step product is small; else to
+    XLSTM_THREADS (default: every usable CPU)."""
+    rows = blocks[0][1] - blocks[0][0]
+    one = len(blocks) > 1 or rows * units * 4 * units < ONE_THREAD_BELOW
+    return BLAS.limit(limits=1 if one else thread_count(), user_api="blas")
+
+
 JIT = {"error_model": "numpy", "nogil": True, "cache": True, "fastmath": {"contract", "arcp", "nsz"}}
 
 # Eigen's float tanh: x·P(x²)/Q(x²), clamped where tanh rounds to ±1 in float32.
@@ -75,9 +93,10 @@ def _tanh_for(x):
 
 @numba.njit(**JIT)
 def _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h, keep,
-                  one):
-    """Run every step in place. projected [T, B, 4H] (inputs·Wxᵀ + bias), recurrent W_h [4H, H];
-    c, h [B, H] the state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B].
+                  one, start, stop):
+    """Run every step in place for the batch rows [start, stop) (rows never meet, so blocks of
+    rows can run on separate threads). projected [T, B, 4H] (inputs·Wxᵀ + bias), recurrent W_h
+    [4H, H]; c, h [B, H] the state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B].
     With `keep` every step's values are kept for the backward pass (gates, cells, tanh_cells
     and carried_h have T or T + 1 entries); without it gates and tanh_cells have one, reused.
 
@@ -89,19 +108,19 @@ def _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cell
     sigmoids = 3 * units
     half, zero = one / (one + one), one - one  # constants in the arrays' dtype (a literal would be float64)
     no_mask = numpy.ones(units, projected.dtype)
-    h_t = numpy.empty((units, batch), projected.dtype)
-    a = numpy.empty((batch, four_units), projected.dtype)
+    h_t = numpy.empty((units, stop - start), projected.dtype)
+    a = numpy.empty((stop - start, four_units), projected.dtype)
     for t in range(steps):
         # W_h·h_{t-1}ᵀ, then transposed: OpenBLAS runs this orientation faster than h_{t-1}·W_hᵀ
         # (1.04× at B = 32, H = 192; 1.34× at H = 256), the two small copies included.
-        h_t[:] = h.T
+        h_t[:] = h[start:stop].T
         a[:] = numpy.dot(recurrent, h_t).T
         slot = t if keep else 0
         if keep:
-            carried_h[t] = h
-            cells[t] = c
-        for b in range(batch):
-            row, x, act = a[b], projected[t, b], gates[slot, b]
+            carried_h[t, start:stop] = h[start:stop]
+            cells[t, start:stop] = c[start:stop]
+        for b in range(start, stop):
+            row, x, act = a[b - start], projected[t, b], gates[slot, b]
             for k in range(sigmoids):  # σ(a) = ½·tanh(½a) + ½ for f, i, o
                 act[k] = half * tanh(half * (row[k] + x[k])) + half
             for k in range(sigmoids, four_units):
@@ -121,20 +140,22 @@ def _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cell
                     tanh_c[j] = tanh(f[j] * cb[j] + i[j] * (g[j] * mask[j]))
                     out[j] = zero
     if keep:
-        cells[steps] = c
+        cells[steps, start:stop] = c[start:stop]
 
 
 @numba.njit(**JIT)
-def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent_t, d_outputs, d_c, d_h, d_gates, one):
-    """Walk the steps backwards in place: d_c, d_h [B, H] become the initial state's
-    gradients and d_gates [T, B, 4H] every step's pre-activation gradients."""
+def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent_t, d_outputs, d_c, d_h, d_gates, one, start,
+                   stop):
+    """Walk the steps backwards in place for the batch rows [start, stop): d_c, d_h [B, H]
+    become the initial state's gradients and d_gates [T, B, 4H] every step's pre-activation
+    gradients."""
     steps, batch, four_units = gates.shape
     units = four_units // 4
     no_mask = numpy.ones(units, gates.dtype)
-    d_gates_t = numpy.empty((four_units, batch), gates.dtype)
+    d_gates_t = numpy.empty((four_units, stop - start), gates.dtype)
     for t in range(steps - 1, -1, -1):
         alive = numpy.ones(batch, numpy.bool_) if valid.shape[0] == 0 else valid[t]
-        for b in range(batch):
+        for b in range(start, stop):
             d = d_gates[t, b]
             if not alive[b]:  # a padded step passes the state's gradient straight through
                 d[:] = 0
@@ -152,11 +173,11 @@ def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent_t, d_output
                 d_o[j] = dh * tanh_c[j] * o[j] * (one - o[j])
                 d_g[j] = dc * i[j] * mask[j] * (one - g[j] * g[j])
                 dcb[j] = dc * f[j]
-        d_gates_t[:] = d_gates[t].T  # W_hᵀ·d_gatesᵀ: the faster orientation, as in the forward loop
+        d_gates_t[:] = d_gates[t, start:stop].T  # W_hᵀ·d_gatesᵀ: the faster orientation, as in the forward loop
         d_h_prev = numpy.dot(recurrent_t, d_gates_t).T
-        for b in range(batch):
+        for b in range(start, stop):
             if alive[b]:
-                d_h[b] = d_h_prev[b]
+                d_h[b] = d_h_prev[b - start]
 
 
 class ForwardCache(NamedTuple):
@@ -198,9 +219,11 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     tanh_cells = empty((kept, batch, units), dtype)
     cells = empty((steps + 1 if keep_for_backward else 0, batch, units), dtype)
     carried_h = empty((steps if keep_for_backward else 0, batch, units), dtype)
-    with _blas_threads(batch, units):
-        _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h,
-                      keep_for_backward, dtype.type(1.0))
+    blocks = _row_blocks(batch, units)
+    with _blas_threads(blocks, units):
+        run_on_row_blocks(lambda start, stop: _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates,
+                                                            cells, tanh_cells, carried_h, keep_for_backward,
+                                                            dtype.type(1.0), start, stop), blocks)
     cache = ForwardCache(w, inputs, carried_h, gates, cells, tanh_cells, masks, valid) if keep_for_backward else None
     return outputs, c, h, cache
 
@@ -219,9 +242,11 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     d_c, d_h = numpy.array(d_c, dtype, order="C"), numpy.array(d_h, dtype, order="C")
     d_gates = empty((steps, batch, 4 * units), dtype)
     recurrent_t = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :].T)  # [H, 4H]
-    with _blas_threads(batch, units):
-        _backward_loop(cache.gates, cache.cells, cache.tanh_cells, cache.masks, cache.valid, recurrent_t,
-                       d_outputs, d_c, d_h, d_gates, dtype.type(1.0))
+    blocks = _row_blocks(batch, units)
+    with _blas_threads(blocks, units):
+        run_on_row_blocks(lambda start, stop: _backward_loop(cache.gates, cache.cells, cache.tanh_cells, cache.masks,
+                                                             cache.valid, recurrent_t, d_outputs, d_c, d_h, d_gates,
+                                                             dtype.type(1.0), start, stop), blocks)
     rows = steps * batch
     flat_d_gates = d_gates.reshape(rows, 4 * units)
     d_weights = numpy.empty_like(cache.weights)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from xlstm_backends import torch_reference
+from xlstm_backends.row_threads import THREADS_VARIABLE
 from xlstm import bench
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +106,19 @@ def test_tiny_json_has_every_figure(tiny_run):
             assert figures["ratio"] == pytest.approx(figures["xlstm"]["ms"] / figures["torch"]["ms"])
         else:
             assert figures["torch"] is None and figures["ratio"] is None
+
+
+def test_xlstm_kernels_run_on_the_threads_torch_gets(monkeypatch):
+    """--threads N reaches the compiled kernels as XLSTM_THREADS for the run, then the caller's value is back."""
+    monkeypatch.setenv(THREADS_VARIABLE, "7")
+    seen = []
+    measure = bench.measure_xlstm
+    monkeypatch.setattr(bench, "measure_xlstm", lambda *a, **k: seen.append(os.environ[THREADS_VARIABLE]) or measure(*a, **k))
+    lines: list[str] = []
+    results = bench.run_benchmark("tiny", tasks="layer", repeats=1, threads=1, min_seconds=0, write=lines.append)
+    assert seen == ["1"] and results["machine"]["threads"]["xlstm"] == 1
+    assert any(line.startswith("threads ") and "xlstm's kernels up to 1 (XLSTM_THREADS)" in line for line in lines)
+    assert os.environ[THREADS_VARIABLE] == "7"
 
 
 def test_without_torch_the_table_says_why(monkeypatch):

@@ -92,6 +92,30 @@ def test_numpy_kernels_on_row_blocks_equal_generic_code(threads, dtype, toleranc
         np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
 
 
+@pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
+@pytest.mark.parametrize("threads", ["2", "3"])
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
+@settings(max_examples=25, deadline=None)
+@given(case=cases(batch=st.integers(2, 7)))
+def test_compiled_kernels_split_over_row_blocks_equal_generic_code(threads, dtype, tolerance, case):
+    """The batch cut into 2 or 3 blocks of unequal sizes, each block's time loop on its own thread,
+    with lengths and dropout: the same numbers as the generic code."""
+    from xlstm_backends import numba_kernels
+
+    blocks_seen = []
+    split = numba_kernels.run_on_row_blocks
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(row_threads.THREADS_VARIABLE, threads)
+        monkeypatch.setattr(numba_kernels, "MIN_ROWS", 1)
+        monkeypatch.setattr(numba_kernels, "MIN_ROW_UNITS", 1)
+        monkeypatch.setattr(numba_kernels, "run_on_row_blocks",
+                            lambda work, blocks: blocks_seen.append(len(blocks)) or split(work, blocks))
+        fused, generic = _run_both(monkeypatch, case, dtype, "numba")
+    assert blocks_seen and min(blocks_seen) == min(int(threads), case[0])
+    for name in fused:
+        np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
+
+
 def test_numpy_kernels_cut_the_batch_into_row_blocks_of_min_block_cells(monkeypatch):
     """Blocks of at least MIN_BLOCK_CELLS rows × units, at most XLSTM_THREADS of them; a batch too
     small stays whole."""
@@ -104,6 +128,19 @@ def test_numpy_kernels_cut_the_batch_into_row_blocks_of_min_block_cells(monkeypa
     *_, cache = numpy_kernels.lstm_forward(rng.normal(size=(4, 3, 3)), weights, c0[:3], c0[:3], 1.0,
                                            keep_for_backward=True)
     assert cache.blocks == [(0, 3)]
+
+
+@pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
+def test_compiled_kernels_split_only_blocks_worth_a_thread(monkeypatch):
+    """The article's batch of one never splits; the main job's batch of 32 rows of 192 units does."""
+    from xlstm_backends import numba_kernels
+
+    monkeypatch.setenv(row_threads.THREADS_VARIABLE, "2")
+    assert numba_kernels._row_blocks(1, 5) == [(0, 1)]
+    assert numba_kernels._row_blocks(16, 5) == [(0, 16)]
+    assert numba_kernels._row_blocks(32, 192) == [(0, 16), (16, 32)]
+    monkeypatch.setenv(row_threads.THREADS_VARIABLE, "1")
+    assert numba_kernels._row_blocks(32, 192) == [(0, 32)]
 
 
 @pytest.mark.parametrize("kernels", KERNELS)

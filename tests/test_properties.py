@@ -1,6 +1,8 @@
 """Property tests: random shapes, lengths and settings, every backend vs the float64 reference."""
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -9,6 +11,8 @@ from hypothesis import strategies as st
 import xlstm
 from reference import reference_rnn
 from xlstm_backends import numpy_backend, numpy_kernels, row_threads
+
+NUMBA_MISSING = any(importlib.util.find_spec(name) is None for name in numpy_backend.FAST_EXTRA)
 
 
 @st.composite
@@ -40,6 +44,20 @@ def test_numpy_kernels_on_row_blocks_agree_with_reference(threads, problem):
         monkeypatch.setattr(numpy_kernels, "MIN_BLOCK_CELLS", 1)
         monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, "numpy")
         _check_against_reference("numpy", problem)
+
+
+@pytest.mark.skipif(NUMBA_MISSING, reason="the optional 'fast' extra (numba) is not installed")
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(problem=problems())
+def test_compiled_kernels_split_over_threads_agree_with_reference(monkeypatch, problem):
+    """The compiled kernels with the batch cut into up to 3 row blocks, one thread each."""
+    from xlstm_backends import numba_kernels
+
+    monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, "numba")
+    monkeypatch.setenv(row_threads.THREADS_VARIABLE, "3")
+    monkeypatch.setattr(numba_kernels, "MIN_ROWS", 1)
+    monkeypatch.setattr(numba_kernels, "MIN_ROW_UNITS", 1)
+    _check_against_reference("numpy", problem)
 
 
 def _check_against_reference(backend, problem):

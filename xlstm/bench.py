@@ -273,7 +273,7 @@ def run_benchmark(
         if previous_threads is not None:
             torch_reference.set_threads(previous_threads)
         if previous_kernel_threads is None:
-            del os.environ[THREADS_VARIABLE]
+            os.environ.pop(THREADS_VARIABLE, None)
         else:
             os.environ[THREADS_VARIABLE] = previous_kernel_threads
     return results
@@ -401,7 +401,7 @@ def format_header(results: dict[str, Any]) -> list[str]:
         + ("; xlstm's layer-norm cell against torch's plain LSTM" if results.get("layer_norm") else ""),
         f"machine   {machine['cpu']}, {cpus}, {machine['platform']}"
         + (f", GPU {machine['gpu']}" if machine["gpu"] else ""),
-        f"threads   torch {machine['threads']['torch']}; xlstm kernels {machine['threads']['xlstm']} "
+        f"threads   torch {machine['threads']['torch']}; xlstm's kernels up to {machine['threads']['xlstm']} "
         f"({THREADS_VARIABLE}); numpy BLAS {machine['threads']['blas']}",
         f"versions  {versions}",
         f"backend   {machine['backend']} on {machine['device']}, {kernels}",
