@@ -43,6 +43,18 @@ def test_reductions_and_weights(backend):
     assert float(xlstm.to_numpy(zero)) == 0.0
 
 
+def test_small_integer_labels_on_many_rows(backend):
+    """uint8 labels over more rows × classes than uint8 can count: the gather of each row's
+    label entry must not overflow, and the gradient is softmax − one-hot."""
+    rng = np.random.default_rng(2)
+    logits, labels = rng.normal(size=(40, 9)), rng.integers(0, 9, size=40).astype(np.uint8)
+    on = lambda a: xlstm.asarray(a, backend=backend)  # noqa: E731
+    loss, backward = xlstm.softmax_cross_entropy_vjp(on(logits), on(labels), reduction="sum")
+    np.testing.assert_allclose(float(xlstm.to_numpy(loss)), _losses64(logits, labels).sum(), atol=1e-12)
+    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(xlstm.to_numpy(backward(2.0)), 2.0 * (softmax - np.eye(9)[labels]), atol=1e-12)
+
+
 @pytest.mark.parametrize("across_time, across_batch", [(True, True), (True, False), (False, True), (False, False)])
 def test_sequence_loss_matches_tensorflow_formula(backend, across_time, across_batch):
     rng = np.random.default_rng(1)

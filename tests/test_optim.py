@@ -162,6 +162,55 @@ def test_step_leaves_the_callers_arrays_alone(backend):
         assert np.array_equal(xlstm.to_numpy(on_grads[k]), grads[0][k])
 
 
+@pytest.mark.parametrize("kind, settings", [CONFIGS[3], CONFIGS[5], CONFIGS[7]],
+                         ids=[CONFIG_IDS[3], CONFIG_IDS[5], CONFIG_IDS[7]])
+def test_packed_step_takes_back_its_own_arrays_or_copies_alike(backend, kind, settings):
+    """Parameters handed back as `step` returned them (views of one packed buffer, not packed
+    again) and fresh copies of them give bit-identical steps, both on the published formulas."""
+    params, grads = _problem(seed=2)
+    own, copied = OPTIMIZERS[kind](**settings), OPTIMIZERS[kind](**settings)
+    mine, theirs = _on(backend, params), _on(backend, params)
+    for g in grads:
+        mine = own.step(mine, _on(backend, g))
+        theirs = copied.step(_on(backend, _home(theirs)), _on(backend, g))
+        assert list(mine) == list(params)   # the caller's order of names
+        for k in params:
+            assert np.array_equal(xlstm.to_numpy(mine[k]), xlstm.to_numpy(theirs[k]))
+    assert _worst([_home(mine)], _reference(kind, settings, params, grads)[-1:]) <= 1e-12
+
+
+def test_parameters_of_two_dtypes_are_packed_apart(backend):
+    """float32 and float64 parameters in one step: each keeps its dtype and follows the formulas."""
+    params, grads = _problem(seed=3)
+    single = {"kernel", "bias"}
+    dtype_of = lambda k: "float32" if k in single else "float64"  # noqa: E731
+    on = lambda arrays: {k: xlstm.asarray(a, dtype=dtype_of(k), backend=backend) for k, a in arrays.items()}  # noqa: E731
+    optimizer, current = Adam(learning_rate=0.01), on(params)
+    for g in grads:
+        current = optimizer.step(current, on(g))
+    expected = _reference("Adam", {"learning_rate": 0.01}, params, grads)[-1]
+    for k, value in _home(current).items():
+        assert value.dtype == np.dtype(dtype_of(k))
+        assert np.max(np.abs(value - expected[k])) <= (1e-5 if k in single else 1e-12)
+    assert {k: tuple(b["exp_avg"].shape) for k, b in optimizer.state.items()} == {k: v.shape for k, v in params.items()}
+
+
+def test_state_follows_parameters_given_in_another_order(backend):
+    """Steps with the names in another order give what steps in one order give, buffers included."""
+    params, grads = _problem(seed=4)
+    optimizer, reference = Adam(learning_rate=0.01), Adam(learning_rate=0.01)
+    current = reference_params = _on(backend, params)
+    for step, g in enumerate(grads):
+        names = list(params)[::-1] if step % 2 else list(params)
+        current = optimizer.step({k: current[k] for k in names}, _on(backend, {k: g[k] for k in names}))
+        reference_params = reference.step(reference_params, _on(backend, g))
+    for k in params:
+        assert np.array_equal(xlstm.to_numpy(current[k]), xlstm.to_numpy(reference_params[k]))
+        for buffer in ("exp_avg", "exp_avg_sq"):
+            assert np.array_equal(xlstm.to_numpy(optimizer.state_dict()["state"][k][buffer]),
+                                  xlstm.to_numpy(reference.state_dict()["state"][k][buffer]))
+
+
 # clip_by_global_norm -------------------------------------------------------------------------
 
 def test_clip_by_global_norm_clips(backend):

@@ -20,9 +20,12 @@ def namespace_of(**arrays: Any) -> Any:
     both naming the arguments, since nothing is moved behind the user's back.
     """
     named = {name: x for name, x in arrays.items() if x is not None}
+    by_type: dict[type, Any] = {}  # Python type → (an array of it, its library): both go by type
     libraries: dict[str, str] = {}
     for name, x in named.items():
-        library = library_of(x)
+        if type(x) not in by_type:
+            by_type[type(x)] = (x, library_of(x))
+        library = by_type[type(x)][1]
         if library is None:
             raise TypeError(
                 f"{name} must be an array of a known backend (numpy, cupy, torch, array_api_strict), "
@@ -32,7 +35,7 @@ def namespace_of(**arrays: Any) -> Any:
     _refuse_mixture(libraries, TypeError, "are arrays of different libraries")
     devices = {name: array_api_compat.device(x) for name, x in named.items()}
     _refuse_mixture(devices, ValueError, "are on different devices")
-    return array_api_compat.array_namespace(*named.values())
+    return array_api_compat.array_namespace(*(x for x, _ in by_type.values()))
 
 
 def _refuse_mixture(values: dict[str, Any], error: type[Exception], what: str) -> None:

@@ -58,7 +58,9 @@ class Dense:
         # view, e.g. batch-major outputs of a time-major loop) is several times slower.
         rows = math.prod(x.shape[:-1])
         flat_x = xp.reshape(x, (rows, self.input_size))
-        y = xp.reshape(flat_x @ self.kernel + self.bias, (*x.shape[:-1], self.units))
+        flat_y = flat_x @ self.kernel
+        flat_y += self.bias  # in place on the product made here: one array, not two
+        y = xp.reshape(flat_y, (*x.shape[:-1], self.units))
 
         def backward(dy: Any) -> dict[str, Any]:
             namespace_of(dy=dy, y=y)

@@ -2,10 +2,10 @@
 and their vector–Jacobian products (d loss / d logits = softmax − one-hot, weighted)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 from xlstm.checks import check_float, check_integer, check_range, check_shape, device_of, namespace_of
-from xlstm.functional import log_softmax
 
 REDUCTIONS = ("none", "sum", "mean")
 SEQUENCE_EPSILON = 1e-12  # TensorFlow's sequence_loss adds it to the sum of weights
@@ -16,13 +16,18 @@ class _Scored(NamedTuple):
 
     xp: Any
     losses: Any  # -log p(label), the labels' shape
-    log_probabilities: Any  # [..., V]
-    chosen: Any  # [..., V] booleans, True at the label
+    exps: Any  # [..., V] e^(logit − the row's largest logit)
+    sums: Any  # the labels' shape: Σ of each row's exps, softmax's denominator
+    labels: Any  # the labels, checked to lie in [0, V)
     weights: Any  # the labels' shape, the logits' dtype
 
 
 def _score(logits: Any, labels: Any, weights: Any) -> _Scored:
-    """Check logits, labels and weights; compute every row's cross-entropy."""
+    """Check logits, labels and weights; compute every row's cross-entropy.
+
+    loss = log Σ e^(z − max) − (z_label − max): one exp per logit and a gather of the labels'
+    entries, without forming log-softmax over every class.
+    """
     xp = namespace_of(logits=logits, labels=labels, weights=weights)
     check_float("logits", logits, xp)
     if logits.ndim < 1:
@@ -37,17 +42,28 @@ def _score(logits: Any, labels: Any, weights: Any) -> _Scored:
         check_float("weights", weights, xp)
         check_shape("weights", weights, tuple(labels.shape), "same shape as the labels")
         weights = xp.astype(weights, logits.dtype)
-    chosen = labels[..., None] == xp.arange(classes, device=device_of(logits))
-    log_probabilities = log_softmax(logits)
-    losses = -xp.sum(xp.where(chosen, log_probabilities, xp.zeros_like(log_probabilities)), axis=-1)
-    return _Scored(xp, losses, log_probabilities, chosen, weights)
+    shifted = logits - xp.max(logits, axis=-1, keepdims=True)  # e^shifted ≤ 1: no overflow
+    exps = xp.exp(shifted)
+    sums = xp.sum(exps, axis=-1)
+    losses = xp.log(sums) - _at_labels(xp, shifted, labels)
+    return _Scored(xp, losses, exps, sums, labels, weights)
+
+
+def _at_labels(xp: Any, values: Any, labels: Any) -> Any:
+    """values[..., label] for every row: one gather from the flattened values."""
+    classes, rows = values.shape[-1], math.prod(labels.shape)
+    flat_labels = xp.astype(xp.reshape(labels, (rows,)), xp.int64)
+    positions = xp.arange(rows, dtype=xp.int64, device=device_of(values)) * classes + flat_labels
+    return xp.reshape(xp.take(xp.reshape(values, (rows * classes,)), positions), tuple(labels.shape))
 
 
 def _logits_gradient(scored: _Scored, row_scale: Any) -> Any:
     """d Σ row_scale·loss / d logits = (softmax − one-hot) · row_scale."""
     xp = scored.xp
-    one_hot = xp.astype(scored.chosen, scored.log_probabilities.dtype)
-    return (xp.exp(scored.log_probabilities) - one_hot) * row_scale[..., None]
+    gradient = scored.exps * (row_scale / scored.sums)[..., None]
+    chosen = scored.labels[..., None] == xp.arange(scored.exps.shape[-1], device=device_of(scored.exps))
+    gradient -= xp.astype(chosen, scored.exps.dtype) * row_scale[..., None]  # in place: made here
+    return gradient
 
 
 def _reduce(scored: _Scored, reduction: str) -> tuple[Any, Any]:

@@ -100,13 +100,19 @@ class CharLM:
             cell.dropout_rows = (rows, batch_size)
 
     def set_parameters(self, parameters: dict[str, Any]) -> None:
-        """Replace the arrays (e.g. after an optimiser step); keys and shapes must match."""
+        """Replace the arrays (e.g. after an optimiser step); keys and shapes must match.
+
+        Arrays already on the model's backend and in its dtype are kept as they are, not copied
+        (an optimiser's step hands out new arrays; nothing in xlstm writes into them).
+        """
         current = self.parameters()
         if set(parameters) != set(current):
             missing, extra = sorted(set(current) - set(parameters)), sorted(set(parameters) - set(current))
             raise ValueError(f"parameters must have the keys of CharLM.parameters(); missing {missing}, extra {extra}")
         for name, value in parameters.items():
-            value = asarray(value, dtype=self.dtype, backend=self.backend)
+            value = asarray(value, backend=self.backend)
+            if value.dtype != self.dtype:
+                value = asarray(value, dtype=self.dtype, backend=self.backend)
             check_shape(f"parameters[{name!r}]", value, tuple(current[name].shape))
             if name == "embedding":
                 self.embedding = value
@@ -119,21 +125,38 @@ class CharLM:
     def zero_state(self, batch_size: int) -> tuple[LSTMState, ...]:
         return self.stack.zero_state(batch_size)
 
-    def _embed(self, ids: Any) -> Any:
-        """Row lookup in the embedding table: ids [B, T] → [B, T, E] (no one-hot matmul)."""
+    def _embed(self, ids: Any, time_major: bool = False) -> Any:
+        """Row lookup in the embedding table: ids [B, T] → [B, T, E] ([T, B, E] when time_major)."""
+        flat_ids = self._token_rows(ids, time_major)
+        shape = (ids.shape[1], ids.shape[0]) if time_major else tuple(ids.shape)
+        return self._lookup(flat_ids, shape)
+
+    def _token_rows(self, ids: Any, time_major: bool) -> Any:
+        """Checked ids [B, T] as one row of ids, batch- or time-major (row t·B + b)."""
         xp = namespace_of(ids=ids, embedding=self.embedding)
         check_integer("inputs", ids, xp)
         check_shape("inputs", ids, (None, None), "[batch, time] token ids")
         check_range("inputs", ids, xp, 0, self.vocab_size - 1, "token ids of the vocabulary")
-        flat = xp.take(self.embedding, xp.reshape(ids, (-1,)), axis=0)
-        return xp.reshape(flat, (ids.shape[0], ids.shape[1], self.embedding_size))
+        return xp.reshape(xp.permute_dims(ids, (1, 0)) if time_major else ids, (-1,))
+
+    def _lookup(self, flat_ids: Any, shape: tuple[int, int]) -> Any:
+        """The embedding rows of flat_ids [N] as [*shape, E] (a take, no one-hot matmul)."""
+        xp = namespace_of(ids=flat_ids, embedding=self.embedding)
+        return xp.reshape(xp.take(self.embedding, flat_ids, axis=0), (*shape, self.embedding_size))
 
     def loss_and_grads(self, inputs: Any, targets: Any, state: tuple | None = None) -> LossAndGrads:
-        """Mean next-token cross-entropy over the window, its gradients and the final state."""
+        """Mean next-token cross-entropy over the window, its gradients and the final state.
+
+        The window runs time-major ([T, B] ids, [T, B, H] outputs): the loop produces its outputs
+        and consumes their gradients in that layout, so the dense layer's rows, the gradient
+        handed back and the embedding's rows are all contiguous, with no transposing copies. The
+        mean over every position does not depend on the order of the rows.
+        """
         xp = namespace_of(inputs=inputs, targets=targets, embedding=self.embedding)
+        flat_ids = self._token_rows(inputs, time_major=True)
         check_shape("targets", targets, tuple(inputs.shape), "like inputs")
-        embedded = self._embed(inputs)
-        outputs, final_state, rnn_backward = dynamic_rnn_vjp(self.stack, embedded, state)
+        embedded = self._lookup(flat_ids, (inputs.shape[1], inputs.shape[0]))
+        outputs, final_state, rnn_backward = dynamic_rnn_vjp(self.stack, embedded, state, time_major=True)
         flat_outputs, flat_targets = self._flat(outputs, targets, xp)
         loss, d_outputs, kernel_grads, bias_grads = 0.0, [], [], []
         for rows, share in self._row_blocks(flat_targets.shape[0]):
@@ -148,7 +171,6 @@ class CharLM:
         rnn_grads = rnn_backward(xp.reshape(d_flat, tuple(outputs.shape)))
         # The embedding's gradient adds each position's input gradient to its token's row: a
         # scatter-add, which the array API lacks, so the backend's library supplies it.
-        flat_ids = xp.reshape(inputs, (-1,))
         d_embedded = xp.reshape(rnn_grads.pop("inputs"), (flat_ids.shape[0], self.embedding_size))
         d_embedding = self.backend.library.scatter_add_rows(self.vocab_size, flat_ids, d_embedded)
         rnn_grads.pop("initial_state")
@@ -161,7 +183,8 @@ class CharLM:
         """Mean next-token cross-entropy (no gradients) and the final state, for evaluation."""
         xp = namespace_of(inputs=inputs, targets=targets, embedding=self.embedding)
         check_shape("targets", targets, tuple(inputs.shape), "like inputs")
-        outputs, final_state = dynamic_rnn(self.stack, self._embed(inputs), state)
+        embedded = self._embed(inputs, time_major=True)  # as in loss_and_grads
+        outputs, final_state = dynamic_rnn(self.stack, embedded, state, time_major=True)
         flat_outputs, flat_targets = self._flat(outputs, targets, xp)
         loss = 0.0
         for rows, share in self._row_blocks(flat_targets.shape[0]):
@@ -169,9 +192,10 @@ class CharLM:
         return loss, final_state
 
     def _flat(self, outputs: Any, targets: Any, xp: Any) -> tuple[Any, Any]:
-        """outputs [B, T, H] → [B·T, H] and targets [B, T] → [B·T], row for row."""
+        """Time-major outputs [T, B, H] → [T·B, H] and targets [B, T] → [T·B], row for row."""
         rows = targets.shape[0] * targets.shape[1]
-        return xp.reshape(outputs, (rows, self.hidden_size)), xp.reshape(targets, (rows,))
+        return (xp.reshape(outputs, (rows, self.hidden_size)),
+                xp.reshape(xp.permute_dims(targets, (1, 0)), (rows,)))
 
     def _row_blocks(self, rows: int) -> list[tuple[slice, float]]:
         """Row ranges of at most LOGIT_BLOCK_ELEMENTS logits each, and each range's share of the rows.

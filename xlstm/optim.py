@@ -3,8 +3,9 @@
 Parameters and gradients are dicts name → array with the same keys, e.g.
 `{"weights": W, "kernel": K, "bias": b}`; the names are opaque strings. `step` is
 functional: it returns new parameter arrays and never writes into the caller's arrays
-(the standard has no guaranteed in-place operations). The update rules are PyTorch's
-(`torch.optim.SGD`, `Adam`, `AdamW`), formula for formula.
+(nor into the optimiser's buffers, which `state_dict` shares). The update rules are PyTorch's
+(`torch.optim.SGD`, `Adam`, `AdamW`), formula for formula. In-place operators (`+=`, part of
+the standard) are used only on arrays the update itself has just made.
 
     optimizer = xlstm.optim.Adam(learning_rate=1e-3)
     grads, norm = xlstm.optim.clip_by_global_norm(grads, 5.0)
@@ -14,56 +15,116 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
+from xlstm_backends import dtype_name
+from xlstm import flat
 from xlstm.checks import check_float, device_of, namespace_of
 
 STATE_KEYS = ("optimizer", "hyperparameters", "step", "state")
 
 
-class Optimizer:
-    """What every optimiser shares: input checks, per-parameter buffers, step count, state_dict.
+class _Group(NamedTuple):
+    """The parameters of one dtype, packed: where each lies, their last values and the buffers."""
 
-    A subclass sets `buffer_names` and implements `hyperparameters()` and `_update()`.
+    slots: list[flat.Slot]
+    params: Any  # flat buffer of the parameters as the last step returned them
+    returned: dict[str, Any]  # those parameters as `step` handed them out: views of `params`
+    buffers: dict[str, Any]  # buffer name → flat buffer, laid out like `params`
+
+
+class Optimizer:
+    """What every optimiser shares: input checks, packed buffers, step count, state_dict.
+
+    A step packs every parameter and gradient of one dtype into one flat buffer (a concat),
+    runs the update rule once over it and hands the new parameters out as views of one new
+    buffer; the optimiser's buffers stay flat between steps. Parameters passed back as
+    `step` returned them (the same array objects) are not packed again. A subclass sets
+    `buffer_names` and implements `hyperparameters()` and `_update()`.
     """
 
     buffer_names: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.step_count = 0                          # steps taken so far
-        self.state: dict[str, dict[str, Any]] = {}   # parameter name → {buffer name → array}
+        self._groups: list[_Group] = []              # the packed state, one group per parameter dtype
+        self._loaded: dict[str, dict[str, Any]] = {}  # buffers from load_state_dict, packed at the next step
+
+    @property
+    def state(self) -> dict[str, dict[str, Any]]:
+        """Parameter name → {buffer name → array}: views of the packed buffers."""
+        if self._loaded:
+            return {name: dict(buffers) for name, buffers in self._loaded.items()}
+        state: dict[str, dict[str, Any]] = {}
+        for group in self._groups:
+            if not group.buffers:
+                continue
+            xp = namespace_of(params=group.params)
+            per_buffer = {buffer: flat.views(xp, value, group.slots) for buffer, value in group.buffers.items()}
+            state.update({slot.name: {buffer: per_buffer[buffer][slot.name] for buffer in self.buffer_names}
+                          for slot in group.slots})
+        return state
 
     def hyperparameters(self) -> dict[str, Any]:
         """The constructor's arguments, as plain Python values."""
         raise NotImplementedError
 
     def _update(self, xp: Any, param: Any, grad: Any, buffers: dict[str, Any], step: int) -> tuple[Any, dict]:
-        """One parameter's update: (new parameter, its new buffers)."""
+        """The update of a (flat) parameter array: (new parameter, its new buffers)."""
         raise NotImplementedError
 
     def step(self, params: dict[str, Any], grads: dict[str, Any]) -> dict[str, Any]:
         """Apply one update and return the new parameters (a new dict of new arrays)."""
         xp = self._check_step(params, grads)
         step = self.step_count + 1
-        new_params, new_state = {}, {}
+        new_params: dict[str, Any] = {}
+        groups = []
+        for group in self._packed(xp, params):
+            param, buffers = self._update(xp, group.params, flat.concat(xp, grads, group.slots), group.buffers, step)
+            returned = flat.views(xp, param, group.slots)
+            new_params.update(returned)
+            groups.append(_Group(group.slots, param, returned, buffers))
+        self.step_count, self._groups, self._loaded = step, groups, {}
+        return {name: new_params[name] for name in params}
+
+    def _packed(self, xp: Any, params: dict[str, Any]) -> list[_Group]:
+        """The groups for this step: the last step's layout and buffers when `params` matches it,
+        the parameters packed anew unless they are the very arrays the last step returned."""
+        if self._same_layout(params):
+            return [group if all(params[slot.name] is group.returned[slot.name] for slot in group.slots)
+                    else group._replace(params=flat.concat(xp, params, group.slots)) for group in self._groups]
+        state = self.state   # checked against params by _check_step: same names, shapes and dtypes
+        by_dtype: dict[str, dict[str, Any]] = {}
         for name, param in params.items():
-            new_params[name], buffers = self._update(xp, param, grads[name], self.state.get(name, {}), step)
-            if buffers:
-                new_state[name] = buffers
-        self.step_count, self.state = step, new_state
-        return new_params
+            by_dtype.setdefault(dtype_name(param.dtype), {})[name] = param
+        groups = []
+        for arrays in by_dtype.values():
+            slots = flat.layout(arrays)
+            buffers = {buffer: flat.concat(xp, {name: state[name][buffer] for name in arrays}, slots)
+                       for buffer in self.buffer_names} if state else {}
+            groups.append(_Group(slots, flat.concat(xp, arrays, slots), {}, buffers))
+        return groups
+
+    def _same_layout(self, params: dict[str, Any]) -> bool:
+        """Whether `params` has the names, order, shapes and dtypes the packed state was made for."""
+        if self._loaded or not self._groups:
+            return False
+        slots = [(slot, group) for group in self._groups for slot in group.slots]
+        return len(slots) == len(params) and all(
+            slot.name in params and tuple(params[slot.name].shape) == slot.shape
+            and params[slot.name].dtype == group.params.dtype for slot, group in slots)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: kind, hyperparameters, step count, buffers by parameter name.
 
-        The buffers are the optimiser's own arrays, shared rather than copied (nothing here
-        changes an array in place); a checkpoint writer may convert them with `xlstm.to_numpy`.
+        The buffers are views of the optimiser's own arrays, shared rather than copied (nothing
+        here changes an array in place); a checkpoint writer may convert them with `xlstm.to_numpy`.
         """
         return {
             "optimizer": type(self).__name__,
             "hyperparameters": self.hyperparameters(),
             "step": self.step_count,
-            "state": {name: dict(buffers) for name, buffers in self.state.items()},
+            "state": self.state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -91,7 +152,7 @@ class Optimizer:
         for name, value in restored.hyperparameters().items():
             setattr(self, name, value)
         self.buffer_names = restored.buffer_names
-        self.step_count, self.state = int(step), buffers
+        self.step_count, self._groups, self._loaded = int(step), [], buffers
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{name}={value!r}" for name, value in self.hyperparameters().items())
@@ -105,17 +166,23 @@ class Optimizer:
         if not params:
             raise ValueError("params must not be empty")
         _check_same_keys("grads", grads, "params", params)
-        if self.state:
-            _check_same_keys("params", params, "the optimiser's state (from earlier steps)", self.state)
+        # The packed state was made for the last step's parameters: unchanged names, shapes and
+        # dtypes need only its backend checked; anything else is checked parameter by parameter.
+        same_layout = self._same_layout(params)
+        state = {} if same_layout else self.state
+        if state:
+            _check_same_keys("params", params, "the optimiser's state (from earlier steps)", state)
         arrays = {f"params[{name!r}]": p for name, p in params.items()}
         arrays.update({f"grads[{name!r}]": g for name, g in grads.items()})
-        arrays.update({f"state[{name!r}][{buffer!r}]": b
-                       for name, buffers in self.state.items() for buffer, b in buffers.items()})
+        arrays.update({f"state[{name!r}][{buffer!r}]": b for name, buffers in state.items() for buffer, b in buffers.items()})
+        if same_layout:
+            arrays.update({f"the optimiser's packed {buffer!r}": b
+                           for group in self._groups for buffer, b in group.buffers.items()})
         xp = namespace_of(**arrays)
         for name, param in params.items():
             check_float(f"params[{name!r}]", param, xp)
             _check_like(f"grads[{name!r}]", grads[name], f"params[{name!r}]", param, xp)
-            for buffer, value in self.state.get(name, {}).items():
+            for buffer, value in state.get(name, {}).items():
                 _check_like(f"state[{name!r}][{buffer!r}]", value, f"params[{name!r}]", param, xp)
         return xp
 
@@ -182,13 +249,21 @@ class Adam(Optimizer):
     def _update(self, xp: Any, param: Any, grad: Any, buffers: dict[str, Any], step: int) -> tuple[Any, dict]:
         if not buffers:                             # first step: both moments start at zero
             buffers = {"exp_avg": xp.zeros_like(param), "exp_avg_sq": xp.zeros_like(param)}
-        exp_avg, exp_avg_sq = buffers["exp_avg"], buffers["exp_avg_sq"]
-        exp_avg = self.beta1 * exp_avg + (1.0 - self.beta1) * grad              # first moment
-        exp_avg_sq = self.beta2 * exp_avg_sq + (1.0 - self.beta2) * (grad * grad)  # second moment
-        step_size = self.learning_rate / (1.0 - self.beta1 ** step)             # Python floats
+        # The formulas above, operation for operation; `op=` only on arrays made here, so that
+        # no pass allocates a new array it does not have to.
+        exp_avg = self.beta1 * buffers["exp_avg"]                          # first moment
+        exp_avg += (1.0 - self.beta1) * grad
+        exp_avg_sq = grad * grad                                           # second moment
+        exp_avg_sq *= 1.0 - self.beta2
+        exp_avg_sq += self.beta2 * buffers["exp_avg_sq"]
+        step_size = self.learning_rate / (1.0 - self.beta1 ** step)        # Python floats
         bias_correction2_sqrt = math.sqrt(1.0 - self.beta2 ** step)
-        denominator = xp.sqrt(exp_avg_sq) / bias_correction2_sqrt + self.epsilon
-        return param - step_size * (exp_avg / denominator), {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        denominator = xp.sqrt(exp_avg_sq)
+        denominator /= bias_correction2_sqrt
+        denominator += self.epsilon
+        update = exp_avg / denominator
+        update *= step_size
+        return param - update, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 
 class AdamW(Adam):
@@ -228,7 +303,9 @@ def clip_by_global_norm(grads: dict[str, Any], max_norm: float) -> tuple[dict[st
     for name, grad in grads.items():
         check_float(f"grads[{name!r}]", grad, xp, first.dtype)
 
-    global_norm = xp.sqrt(sum(xp.sum(grad * grad) for grad in grads.values()))
+    # One dot product per gradient, its flat view with itself: no squared copy, one pass each.
+    squares = [xp.vecdot(flat_grad, flat_grad) for flat_grad in (xp.reshape(g, (-1,)) for g in grads.values())]
+    global_norm = xp.sqrt(sum(squares[1:], squares[0]))
     limit = xp.asarray(max_norm, dtype=global_norm.dtype, device=device_of(global_norm))
     nan = xp.asarray(math.nan, dtype=global_norm.dtype, device=device_of(global_norm))
     scale = xp.where(xp.isfinite(global_norm), limit / xp.maximum(global_norm, limit), nan)

@@ -8,20 +8,12 @@ split again on resume, so a run may continue on another number of ranks.
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable
 
 from xlstm_backends import Communicator, asarray, dtype_name, to_numpy
+from xlstm import flat
 from xlstm.checks import check_positive_int, namespace_of
-
-
-class Slot(NamedTuple):
-    """Where one named array lies in a packed buffer."""
-
-    name: str
-    shape: tuple[int, ...]
-    start: int
-    stop: int
+from xlstm.flat import Slot
 
 
 def pack(arrays: dict[str, Any]) -> tuple[Any, list[Slot]]:
@@ -33,12 +25,8 @@ def pack(arrays: dict[str, Any]) -> tuple[Any, list[Slot]]:
     dtypes = {name: dtype_name(value.dtype) for name, value in arrays.items()}
     if len(set(dtypes.values())) > 1:
         raise TypeError(f"arrays must share one dtype to travel in one buffer, got {dtypes}")
-    slots, start = [], 0
-    for name, value in arrays.items():
-        size = math.prod(value.shape)
-        slots.append(Slot(name, tuple(value.shape), start, start + size))
-        start += size
-    return xp.concat([xp.reshape(value, (-1,)) for value in arrays.values()]), slots
+    slots = flat.layout(arrays)
+    return flat.concat(xp, arrays, slots), slots
 
 
 def unpack(buffer: Any, slots: list[Slot]) -> dict[str, Any]:
@@ -47,7 +35,7 @@ def unpack(buffer: Any, slots: list[Slot]) -> dict[str, Any]:
     expected = slots[-1].stop if slots else 0
     if buffer.ndim != 1 or buffer.shape[0] != expected:
         raise ValueError(f"buffer must be flat with {expected} elements (the packed slots), got shape {buffer.shape}")
-    return {slot.name: xp.reshape(buffer[slot.start:slot.stop], slot.shape) for slot in slots}
+    return flat.views(xp, buffer, slots)
 
 
 def average_over_ranks(arrays: dict[str, Any], communicator: Communicator) -> dict[str, Any]:
