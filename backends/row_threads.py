@@ -42,7 +42,9 @@ def row_blocks(batch: int, min_rows: int) -> list[tuple[int, int]]:
 
 
 @functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
+def _pool(workers: int, process_id: int) -> ThreadPoolExecutor:
+    """One pool per process: a forked child inherits the parent's pool object but not its threads,
+    and would wait on them forever."""
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xlstm-rows")
 
 
@@ -54,7 +56,7 @@ def run_on_row_blocks(work: Callable[[int, int], None], blocks: list[tuple[int, 
     if len(blocks) == 1:
         work(*blocks[0])
         return
-    others = [_pool(len(blocks) - 1).submit(work, *block) for block in blocks[1:]]
+    others = [_pool(len(blocks) - 1, os.getpid()).submit(work, *block) for block in blocks[1:]]
     try:
         work(*blocks[0])
     finally:

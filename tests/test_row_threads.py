@@ -1,5 +1,7 @@
 """backends/row_threads.py: the batch split that lets the LSTM kernels use every core."""
+import os
 import threading
+import time
 
 import pytest
 
@@ -37,3 +39,26 @@ def test_blocks_run_on_separate_threads_and_errors_surface(monkeypatch):
 
     with pytest.raises(RuntimeError, match="block failed"):
         row_threads.run_on_row_blocks(failing, [(0, 4), (4, 8)])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_threads_of_its_own():
+    """After the parent's pool has run, a forked child's split call must not wait on threads
+    that the fork did not copy (it would hang)."""
+    row_threads.run_on_row_blocks(lambda start, stop: None, [(0, 1), (1, 2)])  # the parent's pool exists
+    child = os.fork()
+    if child == 0:
+        try:
+            row_threads.run_on_row_blocks(lambda start, stop: None, [(0, 1), (1, 2)])
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        finished, status = os.waitpid(child, os.WNOHANG)
+        if finished:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(child, 9)
+    os.waitpid(child, 0)
+    pytest.fail("the forked child's split call hung")
