@@ -12,7 +12,7 @@ from xlstm_backends.library import Library
 
 KERNELS_VARIABLE = "XLSTM_KERNELS"
 KERNEL_CHOICES = ("numba", "numpy")  # the first one that can run is the default
-FAST_EXTRA = ("numba", "scipy", "threadpoolctl")  # what the compiled kernels import (the `fast` extra)
+FAST_EXTRA = ("numba", "scipy")  # what the compiled kernels import beyond the base install (the `fast` extra)
 
 
 class NumpyLibrary(Library):

@@ -13,7 +13,7 @@ from xlstm_backends import numpy_backend, numpy_kernels, row_threads
 from xlstm_backends.numpy_backend import NumpyLibrary
 
 NUMBA_MISSING = any(importlib.util.find_spec(name) is None for name in numpy_backend.FAST_EXTRA)
-NUMBA_REASON = "numba, scipy or threadpoolctl is not installed (the optional 'fast' extra)"
+NUMBA_REASON = "numba or scipy is not installed (the optional 'fast' extra)"
 KERNELS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON))]
 
 

@@ -13,7 +13,7 @@ from xlstm_backends import numpy_backend, row_threads
 from xlstm_backends.numpy_backend import NumpyLibrary
 
 NUMBA_MISSING = any(importlib.util.find_spec(name) is None for name in numpy_backend.FAST_EXTRA)
-pytestmark = pytest.mark.skipif(NUMBA_MISSING, reason="numba, scipy or threadpoolctl is not installed "
+pytestmark = pytest.mark.skipif(NUMBA_MISSING, reason="numba or scipy is not installed "
                                                       "(the optional 'fast' extra)")
 RESULTS = ("outputs", "inference", "c", "h", "weights", "norm_gain", "norm_shift", "inputs", "c0", "h0")
 
