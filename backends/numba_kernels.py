@@ -228,6 +228,20 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     return outputs, c, h, cache
 
 
+def backward_buffers(weights, input_size: int, units: int, steps: int, d_outputs, d_c, d_h) -> tuple:
+    """What a backward loop reads and writes, batch-major in the weights' dtype: d_outputs [T, B, H]
+    (zeros when None), copies of d_c and d_h (updated in place), d_gates [T, B, 4H] to fill, and
+    the recurrent weights transposed, [H, 4H]."""
+    dtype, batch = weights.dtype, d_c.shape[0]
+    if d_outputs is None:
+        d_outputs = numpy.zeros((steps, batch, units), dtype)
+    d_outputs = numpy.ascontiguousarray(d_outputs, dtype)
+    d_c, d_h = numpy.array(d_c, dtype, order="C"), numpy.array(d_h, dtype, order="C")
+    d_gates = empty((steps, batch, 4 * units), dtype)
+    recurrent_t = numpy.ascontiguousarray(weights[:, 1 + input_size :].T)
+    return d_outputs, d_c, d_h, d_gates, recurrent_t
+
+
 def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     """Backpropagate through the loop of `lstm_forward`.
 
@@ -236,12 +250,8 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     steps, batch, input_size = cache.inputs.shape
     units = cache.cells.shape[2]
     dtype = cache.gates.dtype
-    if d_outputs is None:
-        d_outputs = numpy.zeros((steps, batch, units), dtype)
-    d_outputs = numpy.ascontiguousarray(d_outputs, dtype)
-    d_c, d_h = numpy.array(d_c, dtype, order="C"), numpy.array(d_h, dtype, order="C")
-    d_gates = empty((steps, batch, 4 * units), dtype)
-    recurrent_t = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :].T)  # [H, 4H]
+    d_outputs, d_c, d_h, d_gates, recurrent_t = backward_buffers(cache.weights, input_size, units, steps, d_outputs,
+                                                                 d_c, d_h)
     blocks = _row_blocks(batch, units)
     with _blas_threads(blocks, units):
         run_on_row_blocks(lambda start, stop: _backward_loop(cache.gates, cache.cells, cache.tanh_cells, cache.masks,

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numba
 import numpy
 
-from xlstm_backends.numba_kernels import BLAS, JIT, ONE_THREAD_BELOW, empty, tanh
+from xlstm_backends.numba_kernels import BLAS, JIT, ONE_THREAD_BELOW, backward_buffers, empty, tanh
 from xlstm_backends.row_threads import row_blocks, run_on_row_blocks
 
 DESCRIPTION = f"compiled layer-norm kernels (numba {numba.__version__})"
@@ -251,12 +251,8 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     steps, batch, input_size = cache.inputs.shape
     units = cache.norm_gain.shape[1]
     dtype = cache.weights.dtype
-    if d_outputs is None:
-        d_outputs = numpy.zeros((steps, batch, units), dtype)
-    d_outputs = numpy.ascontiguousarray(d_outputs, dtype)
-    d_c, d_h = numpy.array(d_c, dtype, order="C"), numpy.array(d_h, dtype, order="C")
-    d_gates = empty((steps, batch, 4 * units), dtype)
-    recurrent_t = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :].T)  # [H, 4H]
+    d_outputs, d_c, d_h, d_gates, recurrent_t = backward_buffers(cache.weights, input_size, units, steps, d_outputs,
+                                                                 d_c, d_h)
     blocks = row_blocks(batch, MIN_ROWS)
     d_norms = numpy.zeros((len(blocks), 2, NORMS, units), dtype)  # each block's own gain and shift sums
 
