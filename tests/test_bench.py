@@ -230,6 +230,25 @@ def test_charlm_task_runs_alternating_with_the_spread_of_the_ratio():
         assert f"[{low:.2f}–{high:.2f}]" in ratio_line
 
 
+def test_charlm_isolated_times_each_side_in_a_fresh_process():
+    lines: list[str] = []
+    results = bench.run_benchmark("tiny", tasks="charlm", repeats=1, runs=1, isolated=True, write=lines.append)
+    charlm = results["charlm"]
+    assert charlm["isolated"] and len(charlm["xlstm"]) == 1 and charlm["xlstm"][0] > 0
+    assert "each side in a fresh process of its own" in "\n".join(lines)
+    if TORCH_REASON is None:
+        assert charlm["ratio"] == pytest.approx([charlm["xlstm"][0] / charlm["torch"][0]])
+
+
+def test_charlm_child_measures_xlstm_without_loading_torch():
+    done = subprocess.run([sys.executable, "-m", "xlstm.bench_charlm", "xlstm", "--backend", "numpy", "--threads", "1",
+                           "--repeats", "1", "--min-seconds", "0"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["side"] == "xlstm" and report["tokens_per_second"] > 0 and report["torch_loaded"] is False
+
+
 def test_layer_runs_report_every_ratio_and_its_spread():
     results = bench.run_benchmark("tiny", tasks="layer", repeats=1, runs=2, write=None)
     [tiny] = results["shapes"]

@@ -207,6 +207,7 @@ def run_benchmark(
     threads: int | None = None,
     min_seconds: float = MIN_SECONDS,
     layer_norm: bool = False,
+    isolated: bool = False,
     write: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Measure every task (the LSTM layer at every shape, the main job); print the report
@@ -218,7 +219,9 @@ def run_benchmark(
     spread of each ratio; `threads` None means one torch thread per usable CPU, and xlstm's
     kernels get as many (XLSTM_THREADS, for the run's duration). NumPy's BLAS threads are left
     as they are. `layer_norm` times xlstm's layer-norm cell in the layer task (torch.nn.LSTM has
-    no layer norm: the ratio is then against its plain LSTM).
+    no layer norm: the ratio is then against its plain LSTM). `isolated` times each side of the
+    main job in a fresh process of its own (in one process PyTorch's idle OpenMP threads slow
+    xlstm's step down; bench_charlm).
     """
     names = parse_shapes(shapes) if isinstance(shapes, str) else parse_shapes(",".join(shapes))
     tasks = parse_tasks(tasks) if isinstance(tasks, str) else parse_tasks(",".join(tasks))
@@ -265,7 +268,8 @@ def run_benchmark(
             for line in format_footer(results):
                 emit(line)
         if "charlm" in tasks:
-            results["charlm"] = bench_charlm.measure_charlm(bench_backend, threads, runs, repeats, min_seconds)
+            results["charlm"] = bench_charlm.measure_charlm(bench_backend, threads, runs, repeats, min_seconds,
+                                                           isolated, device)
             emit("")
             for line in bench_charlm.format_charlm(results["charlm"]):
                 emit(line)
@@ -464,7 +468,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
     """`python -m xlstm bench ...`: measure, print the table, write --json; exit code 0."""
     _check_json_path(args.json)
     results = run_benchmark(args.shapes, tasks=args.task, backend=args.backend, device=args.device,
-                            repeats=args.repeats, runs=args.runs, threads=args.threads, layer_norm=args.layer_norm)
+                            repeats=args.repeats, runs=args.runs, threads=args.threads, layer_norm=args.layer_norm,
+                            isolated=args.isolated)
     if args.json is not None:
         write_json(args.json, results)
         print(f"\nwrote {args.json}")
@@ -493,5 +498,8 @@ def add_bench_parser(commands: Any) -> None:
                             f"CPU (here {usable_cpus()}); numpy's BLAS threads are left as they are")
     bench.add_argument("--layer-norm", action="store_true",
                        help="time xlstm's layer-norm cell in the layer task (torch's side stays its plain LSTM)")
+    bench.add_argument("--isolated", action="store_true",
+                       help="time each side of the main job (--task charlm) in a fresh process of its own, "
+                            "still alternating: in one process PyTorch's idle OpenMP threads take CPU from xlstm")
     bench.add_argument("--json", default=None, metavar="FILE", help="also write every figure to this JSON file")
     bench.set_defaults(run=run_bench_command)
