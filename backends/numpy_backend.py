@@ -62,12 +62,13 @@ class NumpyLibrary(Library):
         """
         if kernel_choice() == "numba":
             return _module("numba_training").scatter_add_rows(num_rows, ids, values)
+        total = numpy.zeros((num_rows, values.shape[1]), dtype=values.dtype)
+        if ids.shape[0] == 0:  # no rows: reduceat would refuse its one start
+            return total
         order = numpy.argsort(ids, kind="stable")
         sorted_ids = ids[order]
         starts = numpy.flatnonzero(numpy.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
-        total = numpy.zeros((num_rows, values.shape[1]), dtype=values.dtype)
-        if starts.size:
-            total[sorted_ids[starts]] = numpy.add.reduceat(values[order], starts, axis=0)
+        total[sorted_ids[starts]] = numpy.add.reduceat(values[order], starts, axis=0)
         return total
 
     def lstm_kernels(self) -> Any:
