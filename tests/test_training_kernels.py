@@ -185,14 +185,16 @@ def test_compiled_adam_is_bit_for_bit_the_generic_update(monkeypatch, dtype, kin
 
 @pytest.mark.parametrize("kernels", ["numpy", NUMBA])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("rows, ids", [(96, 2048), (7, 1), (5, 0), (1, 9)])
-def test_scatter_add_rows_matches_the_one_hot_product(monkeypatch, kernels, dtype, rows, ids):
-    """Each kernel path's embedding gradient against Library's generic one-hot product. The
+@pytest.mark.parametrize("rows, ids, id_dtype", [(96, 2048, "int64"), (96, 2048, "uint16"), (7, 1, "int32"),
+                                                 (5, 0, "int64"), (1, 9, "uint8")])
+def test_scatter_add_rows_matches_the_one_hot_product(monkeypatch, kernels, dtype, rows, ids, id_dtype):
+    """Each kernel path's embedding gradient, for ids of any integer dtype (the token cache keeps the
+    smallest that fits), against Library's generic one-hot product. The
     product sums each row's ~N/rows terms (|x| ≲ 4) in BLAS's order: float32 within
     21 · 4 · 6e-8 ≈ 5e-6 at N = 2048, rows = 96."""
     monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, kernels)
     rng = np.random.default_rng(rows + ids)
-    token_ids, values = rng.integers(0, rows, size=ids), rng.normal(size=(ids, 32)).astype(dtype)
+    token_ids, values = rng.integers(0, rows, size=ids).astype(id_dtype), rng.normal(size=(ids, 32)).astype(dtype)
     mine = NumpyLibrary().scatter_add_rows(rows, token_ids, values)
     generic = Library.scatter_add_rows(NumpyLibrary(), rows, xlstm.asarray(token_ids, backend="numpy"),
                                        xlstm.asarray(values, backend="numpy"))
