@@ -68,3 +68,14 @@ class Library:
         norm_gain, norm_shift and norm_epsilon and whose `lstm_backward` also returns their
         gradients; or None (the generic code)."""
         return None
+
+    def loss_kernels(self) -> Any:
+        """A module with fused `softmax_cross_entropy(logits, labels)` → (losses, exps, sums) and
+        `softmax_cross_entropy_gradient(exps, sums, labels, row_scale)` for this library, or None
+        (xlstm/losses.py's generic array-API code, the reference they must equal)."""
+        return None
+
+    def optimizer_kernels(self) -> Any:
+        """A module with a fused `adam(param, grad, exp_avg, exp_avg_sq, ...)` over one flat buffer,
+        or None (xlstm/optim.py's generic array-API update, the reference it must equal)."""
+        return None

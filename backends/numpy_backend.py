@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import os
 from typing import Any
@@ -20,14 +21,16 @@ class NumpyLibrary(Library):
 
     @property
     def description(self) -> str:
-        """What the backend is and which LSTM kernels it runs (`python -m xlstm backends` prints it)."""
+        """What the backend is and which kernels it runs (`python -m xlstm backends` prints it)."""
         try:
-            kernels = self.lstm_kernels().DESCRIPTION
-            layer_norm = self.lstm_layer_norm_kernels()
+            paths = {"LSTM": self.lstm_kernels(), "layer-norm LSTM": self.lstm_layer_norm_kernels(),
+                     "softmax cross-entropy": self.loss_kernels(), "optimizers": self.optimizer_kernels()}
         except ValueError as error:  # a bad XLSTM_KERNELS: say so here too
             return f"NumPy via array-api-compat (CPU); LSTM: {error}"
-        layer_norm = "the generic array-API code" if layer_norm is None else layer_norm.DESCRIPTION
-        return f"NumPy via array-api-compat (CPU); LSTM: {kernels}; layer-norm LSTM: {layer_norm}"
+        named = "; ".join(f"{part}: {'the generic array-API code' if module is None else module.DESCRIPTION}"
+                          for part, module in paths.items())
+        scatter = "a compiled loop" if kernel_choice() == "numba" else "sort + add.reduceat"
+        return f"NumPy via array-api-compat (CPU); {named}; embedding gradient: {scatter}"
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -52,38 +55,51 @@ class NumpyLibrary(Library):
         return numpy.array(x, copy=True)
 
     def scatter_add_rows(self, num_rows: int, ids: Any, values: Any) -> Any:
-        """Sort the ids, sum each run of equal ids with one `add.reduceat`, write the sums.
+        """With the `fast` extra one compiled loop (0.007 ms against 0.12 at N = 2048, E = 32, V = 96);
+        else sort the ids, sum each run of equal ids with one `add.reduceat`, write the sums.
 
-        Measured 1.5-2x faster than `numpy.add.at` at N = 2048, E = 32 (README).
+        The sort is 1.5-2x faster than `numpy.add.at` at that size (README).
         """
+        if kernel_choice() == "numba":
+            return _module("numba_training").scatter_add_rows(num_rows, ids, values)
+        total = numpy.zeros((num_rows, values.shape[1]), dtype=values.dtype)
+        if ids.shape[0] == 0:  # no rows: reduceat would refuse its one start
+            return total
         order = numpy.argsort(ids, kind="stable")
         sorted_ids = ids[order]
         starts = numpy.flatnonzero(numpy.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
-        total = numpy.zeros((num_rows, values.shape[1]), dtype=values.dtype)
-        if starts.size:
-            total[sorted_ids[starts]] = numpy.add.reduceat(values[order], starts, axis=0)
+        total[sorted_ids[starts]] = numpy.add.reduceat(values[order], starts, axis=0)
         return total
 
     def lstm_kernels(self) -> Any:
         """The compiled kernels when numba is installed (the `fast` extra), else the NumPy ones;
         XLSTM_KERNELS=numpy or =numba picks one (asking for numba without it is an error)."""
-        choice = kernel_choice()
-        if choice == "numba":
-            from xlstm_backends import numba_kernels
-
-            return numba_kernels
-        from xlstm_backends import numpy_kernels
-
-        return numpy_kernels
+        return _by_choice("numba_kernels", "numpy_kernels")
 
     def lstm_layer_norm_kernels(self) -> Any:
         """The compiled layer-norm kernels with the `fast` extra (unless XLSTM_KERNELS=numpy), else
         None: without numba the layer-norm cell runs the generic array-API code."""
-        if kernel_choice() != "numba":
-            return None
-        from xlstm_backends import numba_layer_norm
+        return _by_choice("numba_layer_norm", None)
 
-        return numba_layer_norm
+    def loss_kernels(self) -> Any:
+        """Compiled softmax cross-entropy with the `fast` extra, else NumPy's in-place version."""
+        return _by_choice("numba_training", "numpy_losses")
+
+    def optimizer_kernels(self) -> Any:
+        """The compiled Adam/AdamW with the `fast` extra, else None (the generic update)."""
+        return _by_choice("numba_training", None)
+
+
+def _by_choice(numba_module: str | None, numpy_module: str | None) -> Any:
+    """The kernel module `kernel_choice()` picks (a name in xlstm_backends), or None for the generic code."""
+    name = numba_module if kernel_choice() == "numba" else numpy_module
+    return None if name is None else _module(name)
+
+
+@functools.cache
+def _module(name: str) -> Any:
+    """xlstm_backends.`name`, imported once: the hooks run on every call of the code they speed up."""
+    return importlib.import_module(f"xlstm_backends.{name}")
 
 
 @functools.cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, NamedTuple
 
+from xlstm_backends import library_of
 from xlstm.checks import check_float, check_integer, check_range, check_shape, device_of, namespace_of
 
 REDUCTIONS = ("none", "sum", "mean")
@@ -20,13 +21,15 @@ class _Scored(NamedTuple):
     sums: Any  # the labels' shape: Σ of each row's exps, softmax's denominator
     labels: Any  # the labels, checked to lie in [0, V)
     weights: Any  # the labels' shape, the logits' dtype
+    kernels: Any  # the library's fused loss kernels, or None (the generic code)
 
 
 def _score(logits: Any, labels: Any, weights: Any) -> _Scored:
     """Check logits, labels and weights; compute every row's cross-entropy.
 
     loss = log Σ e^(z − max) − (z_label − max): one exp per logit and a gather of the labels'
-    entries, without forming log-softmax over every class.
+    entries, without forming log-softmax over every class. A library with fused loss kernels
+    (`Library.loss_kernels`) computes the same after the checks.
     """
     xp = namespace_of(logits=logits, labels=labels, weights=weights)
     check_float("logits", logits, xp)
@@ -42,11 +45,14 @@ def _score(logits: Any, labels: Any, weights: Any) -> _Scored:
         check_float("weights", weights, xp)
         check_shape("weights", weights, tuple(labels.shape), "same shape as the labels")
         weights = xp.astype(weights, logits.dtype)
+    kernels = library_of(logits).loss_kernels()
+    if kernels is not None:
+        return _Scored(xp, *kernels.softmax_cross_entropy(logits, labels), labels, weights, kernels)
     shifted = logits - xp.max(logits, axis=-1, keepdims=True)  # e^shifted ≤ 1: no overflow
     exps = xp.exp(shifted)
     sums = xp.sum(exps, axis=-1)
     losses = xp.log(sums) - _at_labels(xp, shifted, labels)
-    return _Scored(xp, losses, exps, sums, labels, weights)
+    return _Scored(xp, losses, exps, sums, labels, weights, None)
 
 
 def _at_labels(xp: Any, values: Any, labels: Any) -> Any:
@@ -59,6 +65,8 @@ def _at_labels(xp: Any, values: Any, labels: Any) -> Any:
 
 def _logits_gradient(scored: _Scored, row_scale: Any) -> Any:
     """d Σ row_scale·loss / d logits = (softmax − one-hot) · row_scale."""
+    if scored.kernels is not None:
+        return scored.kernels.softmax_cross_entropy_gradient(scored.exps, scored.sums, scored.labels, row_scale)
     xp = scored.xp
     gradient = scored.exps * (row_scale / scored.sums)[..., None]
     chosen = scored.labels[..., None] == xp.arange(scored.exps.shape[-1], device=device_of(scored.exps))

@@ -17,7 +17,7 @@ import math
 import numbers
 from typing import Any, Callable, NamedTuple
 
-from xlstm_backends import dtype_name
+from xlstm_backends import dtype_name, library_of
 from xlstm import flat
 from xlstm.checks import check_float, device_of, namespace_of
 
@@ -247,8 +247,24 @@ class Adam(Optimizer):
                 "beta2": self.beta2, "epsilon": self.epsilon}
 
     def _update(self, xp: Any, param: Any, grad: Any, buffers: dict[str, Any], step: int) -> tuple[Any, dict]:
+        return self._adam_update(xp, param, grad, buffers, step, 1.0)
+
+    def _adam_update(self, xp: Any, param: Any, grad: Any, buffers: dict[str, Any], step: int,
+                     decay: float) -> tuple[Any, dict]:
+        """The update of p·decay (AdamW's decoupled weight decay; 1.0 for Adam), in the library's
+        fused kernel (`Library.optimizer_kernels`) when it has one."""
         if not buffers:                             # first step: both moments start at zero
             buffers = {"exp_avg": xp.zeros_like(param), "exp_avg_sq": xp.zeros_like(param)}
+        step_size = self.learning_rate / (1.0 - self.beta1 ** step)        # Python floats
+        bias_correction2_sqrt = math.sqrt(1.0 - self.beta2 ** step)
+        kernels = library_of(param).optimizer_kernels()
+        if kernels is not None:
+            param, exp_avg, exp_avg_sq = kernels.adam(
+                param, grad, buffers["exp_avg"], buffers["exp_avg_sq"], beta1=self.beta1, beta2=self.beta2,
+                epsilon=self.epsilon, step_size=step_size, bias_correction2_sqrt=bias_correction2_sqrt, decay=decay)
+            return param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        if decay != 1.0:                            # p·1.0 is p: Adam skips the pass
+            param = param * decay
         # The formulas above, operation for operation; `op=` only on arrays made here, so that
         # no pass allocates a new array it does not have to.
         exp_avg = self.beta1 * buffers["exp_avg"]                          # first moment
@@ -256,8 +272,6 @@ class Adam(Optimizer):
         exp_avg_sq = grad * grad                                           # second moment
         exp_avg_sq *= 1.0 - self.beta2
         exp_avg_sq += self.beta2 * buffers["exp_avg_sq"]
-        step_size = self.learning_rate / (1.0 - self.beta1 ** step)        # Python floats
-        bias_correction2_sqrt = math.sqrt(1.0 - self.beta2 ** step)
         denominator = xp.sqrt(exp_avg_sq)
         denominator /= bias_correction2_sqrt
         denominator += self.epsilon
@@ -281,8 +295,7 @@ class AdamW(Adam):
         return {**super().hyperparameters(), "weight_decay": self.weight_decay}
 
     def _update(self, xp: Any, param: Any, grad: Any, buffers: dict[str, Any], step: int) -> tuple[Any, dict]:
-        decayed = param * (1.0 - self.learning_rate * self.weight_decay)
-        return super()._update(xp, decayed, grad, buffers, step)
+        return self._adam_update(xp, param, grad, buffers, step, 1.0 - self.learning_rate * self.weight_decay)
 
 
 def clip_by_global_norm(grads: dict[str, Any], max_norm: float) -> tuple[dict[str, Any], Any]:

@@ -1,0 +1,37 @@
+"""Softmax cross-entropy for the default install (NumPy only): the generic formulas in fewer passes.
+
+The generic array-API code makes a new array at every step and builds the gradient's one-hot
+term as a [N, V] boolean mask, cast and multiplied; here the exponentials overwrite the shifted
+logits (`out=`), the labels' entries are one fancy-index gather, and the gradient subtracts the
+row scales at the labels' positions only. Same operations per element, so the same numbers.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy
+
+DESCRIPTION = "NumPy kernels (in-place ufuncs)"
+
+
+def softmax_cross_entropy(logits: numpy.ndarray, labels: numpy.ndarray) -> tuple[Any, Any, Any]:
+    """(losses, exps, sums) of checked logits [..., V] and labels [...] (see xlstm/losses.py)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    rows = numpy.arange(flat.shape[0])
+    exps = numpy.subtract(flat, numpy.max(flat, axis=1, keepdims=True))
+    picked = exps[rows, labels.reshape(-1)]  # z_label − max, before the exps overwrite it
+    numpy.exp(exps, out=exps)
+    sums = numpy.sum(exps, axis=1)
+    losses = numpy.log(sums)
+    losses -= picked
+    return losses.reshape(labels.shape), exps.reshape(logits.shape), sums.reshape(labels.shape)
+
+
+def softmax_cross_entropy_gradient(exps: numpy.ndarray, sums: numpy.ndarray, labels: numpy.ndarray,
+                                   row_scale: numpy.ndarray) -> numpy.ndarray:
+    """exps · (row_scale / sums) − one-hot(labels) · row_scale, d Σ row_scale·loss / d logits."""
+    flat = exps.reshape(-1, exps.shape[-1])
+    scale = numpy.reshape(row_scale, -1)
+    gradient = flat * (scale / sums.reshape(-1))[:, None]
+    gradient[numpy.arange(flat.shape[0]), labels.reshape(-1)] -= scale
+    return gradient.reshape(exps.shape)
