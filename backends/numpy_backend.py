@@ -26,8 +26,7 @@ class NumpyLibrary(Library):
             layer_norm = self.lstm_layer_norm_kernels()
         except ValueError as error:  # a bad XLSTM_KERNELS: say so here too
             return f"NumPy via array-api-compat (CPU); LSTM: {error}"
-        layer_norm = "the generic array-API code" if layer_norm is None else layer_norm.DESCRIPTION
-        return f"NumPy via array-api-compat (CPU); LSTM: {kernels}; layer-norm LSTM: {layer_norm}"
+        return f"NumPy via array-api-compat (CPU); LSTM: {kernels}; layer-norm LSTM: {layer_norm.DESCRIPTION}"
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -77,13 +76,15 @@ class NumpyLibrary(Library):
         return numpy_kernels
 
     def lstm_layer_norm_kernels(self) -> Any:
-        """The compiled layer-norm kernels with the `fast` extra (unless XLSTM_KERNELS=numpy), else
-        None: without numba the layer-norm cell runs the generic array-API code."""
-        if kernel_choice() != "numba":
-            return None
-        from xlstm_backends import numba_layer_norm
+        """The layer-norm kernels of the same choice as `lstm_kernels`: the compiled ones with the `fast`
+        extra (unless XLSTM_KERNELS=numpy), else the NumPy ones."""
+        if kernel_choice() == "numba":
+            from xlstm_backends import numba_layer_norm
 
-        return numba_layer_norm
+            return numba_layer_norm
+        from xlstm_backends import numpy_layer_norm
+
+        return numpy_layer_norm
 
 
 @functools.cache
