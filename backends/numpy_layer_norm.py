@@ -101,31 +101,29 @@ def _prepare(weights: numpy.ndarray, norm_gain, norm_shift, forget_bias: float, 
     return Weights(w, w[:, 1 : 1 + input_size], numpy.ascontiguousarray(w[:, 1 + input_size :]), norms)
 
 
-def _normalise(x, out, inverse_std, units: int, epsilon: float) -> None:
+def _normalise(x, out, inverse_std, mean_row, epsilon: float) -> None:
     """Layer norm over axis 1 (the units) of every block of x [K, H, b]: x̂ = (x − mean)·(1/σ) into `out`, 1/σ
-    [K, 1, b] into `inverse_std`, σ² = mean((x − mean)²) + ε (`functional.normalise`); x is overwritten."""
-    mean = numpy.add.reduce(x, axis=1, keepdims=True, out=inverse_std)
-    mean /= units
-    numpy.subtract(x, mean, out=out)
+    [K, 1, b] into `inverse_std`, σ² = mean((x − mean)²) + ε (`functional.normalise`); x is overwritten.
+    The means are products with mean_row [1, H] (every entry 1/H): 8× faster than a sum along axis 1 at H = 256."""
+    numpy.matmul(mean_row, x, out=inverse_std)
+    numpy.subtract(x, inverse_std, out=out)
     numpy.multiply(out, out, out=x)
-    numpy.add.reduce(x, axis=1, keepdims=True, out=inverse_std)
-    inverse_std /= units
+    numpy.matmul(mean_row, x, out=inverse_std)
     inverse_std += epsilon
     numpy.sqrt(inverse_std, out=inverse_std)
-    numpy.divide(1.0, inverse_std, out=inverse_std)
+    numpy.divide(1.0, inverse_std, out=inverse_std)  # as the generic code: power(σ², −½) moved ill-conditioned draws
     out *= inverse_std
 
 
-def _normalise_vjp(d_normalised, normalised, inverse_std, units: int, sums, scratch) -> None:
+def _normalise_vjp(d_normalised, normalised, inverse_std, mean_row, means, scratch) -> None:
     """In place over axis 1 of [K, H, b] blocks, dx̂ → dx = (1/σ)·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))
-    (`cell_grad.layer_norm_vjp`); sums [K, 1, b] and scratch [K, H, b] are overwritten."""
+    (`cell_grad.layer_norm_vjp`), the means as in `_normalise`; means [K, 1, b] and scratch [K, H, b] are
+    overwritten."""
     numpy.multiply(d_normalised, normalised, out=scratch)
-    numpy.add.reduce(scratch, axis=1, keepdims=True, out=sums)
-    sums /= units
-    numpy.multiply(normalised, sums, out=scratch)
-    numpy.add.reduce(d_normalised, axis=1, keepdims=True, out=sums)
-    sums /= units
-    d_normalised -= sums
+    numpy.matmul(mean_row, scratch, out=means)
+    numpy.multiply(normalised, means, out=scratch)
+    numpy.matmul(mean_row, d_normalised, out=means)
+    d_normalised -= means
     d_normalised -= scratch
     d_normalised *= inverse_std
 
@@ -189,6 +187,7 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
     a_blocks, c_raw_block = a.reshape(4, units, batch), c_raw.reshape(1, units, batch)
     projected_steps = [projected[:, t * batch : (t + 1) * batch] for t in range(steps)]
     recurrent, epsilon = weights.recurrent, norms.epsilon
+    mean_row = numpy.full((1, units), 1.0 / units, dtype)
     gates_gain, gates_shift, state_shift = norms.gates_gain, norms.gates_shift, norms.state_shift
     state_gain = norms.gain[4 * units :]
     matmul, tanh, multiply = numpy.matmul, numpy.tanh, numpy.multiply  # local: fewer lookups
@@ -199,14 +198,14 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
             inputs_and_h[t, :, input_size:] = h.T
         matmul(recurrent, h, out=a)
         a += projected_steps[t]
-        _normalise(a_blocks, gates_hat_blocks, gates_inverse_std, units, epsilon)
+        _normalise(a_blocks, gates_hat_blocks, gates_inverse_std, mean_row, epsilon)
         multiply(gates_hat, gates_gain, out=act)
         act += gates_shift
         tanh(act, out=act)
         multiply(sigmoids, 0.5, out=sigmoids)
         sigmoids += 0.5
         cell_update(f, i, g, None if masks is None else masks[t], c, c_raw, scratch)
-        _normalise(c_raw_block, state_hat_block, state_inverse_std, units, epsilon)
+        _normalise(c_raw_block, state_hat_block, state_inverse_std, mean_row, epsilon)
         multiply(state_hat, state_gain, out=c_new)
         c_new += state_shift
         tanh(c_new, out=tanh_c)
@@ -257,12 +256,13 @@ def _backward_rows(cache: RowsCache, d_outputs, d_c, d_h, *, recurrent_weights_t
     d_c = numpy.array(d_c.T, dtype=dtype, order="C")
     d_h_step, d_state, scratch = (numpy.empty((units, batch), dtype) for _ in range(3))
     step_d_gates, gates_scratch = (numpy.empty((4, units, batch), dtype) for _ in range(2))
-    sums = numpy.empty((4, 1, batch), dtype)
+    means = numpy.empty((4, 1, batch), dtype)
+    mean_row = numpy.full((1, units), 1.0 / units, dtype)
     slopes = numpy.empty((SIGMOID_GATES * units, batch), dtype)  # σ(1 − σ) of f, i, o: the sigmoids' slopes
     slope_f, slope_i, slope_o = (slopes[k * units : (k + 1) * units] for k in range(SIGMOID_GATES))
     gates_gain, state_gain = gain[: 4 * units], gain[4 * units :]
     flat_step_d_gates = step_d_gates.reshape(4 * units, batch)
-    d_state_block = d_state.reshape(1, units, batch)
+    d_state_block, scratch_block = d_state.reshape(1, units, batch), scratch.reshape(1, units, batch)
     masks, valid = cache.masks, cache.valid
     multiply = numpy.multiply
     for t in reversed(range(steps)):
@@ -278,10 +278,10 @@ def _backward_rows(cache: RowsCache, d_outputs, d_c, d_h, *, recurrent_weights_t
         slopes *= sigmoids
         output_gradients(d_h_step, o, tanh_c, slope_o, d_o, d_c_step, scratch)
         multiply(d_c_step, state_gain, out=d_state)  # through the state's norm to f ⊙ c_{t-1} + i ⊙ g
-        _normalise_vjp(d_state_block, state_hat_block, state_inverse_std, units, sums[:1], scratch.reshape(d_state_block.shape))
+        _normalise_vjp(d_state_block, state_hat_block, state_inverse_std, mean_row, means[:1], scratch_block)
         gate_gradients(d_state, c_prev, f, i, g, mask, slope_f, slope_i, d_f, d_i, d_g, scratch)
         multiply(d_y[: 4 * units], gates_gain, out=flat_step_d_gates)  # through the gates' norms
-        _normalise_vjp(step_d_gates, gates_hat_blocks, gates_inverse_std, units, sums, gates_scratch)
+        _normalise_vjp(step_d_gates, gates_hat_blocks, gates_inverse_std, mean_row, means, gates_scratch)
         d_gates[:, t, :] = flat_step_d_gates
         previous_state_gradients(d_state, f, valid_t, recurrent_weights_t, flat_step_d_gates, d_c, d_h, scratch)
     d_weights, d_inputs = weight_and_input_gradients(d_gates, cache.inputs_and_h, input_weights, bias=False)

@@ -61,12 +61,19 @@ def _run_both(monkeypatch, case, dtype, kernels):
 
 @st.composite
 def cases(draw, min_units=1):
-    """Shapes from B = 1 up, lengths, dropout, epsilon, initial states, 1–3 row blocks (uneven ones too)."""
-    B, T = draw(st.integers(1, 7)), draw(st.integers(0, 6))
+    """Shapes from B = 1 up, lengths, dropout, epsilon, initial states, 1–3 row blocks (uneven ones too).
+
+    With ε = 1e-12 (negligible) a norm over one or two units is constant (x̂ = 0 or ±1), and over
+    pre-activations that are all multiples of one number (I = 1 with a zero state) it is invariant to
+    that number's scale: the exact gradients through it are ε-sized, and both codes compute them as
+    rounding noise amplified by 1/σ (1e-11 apart in float64 for H = 2 in 1,500 draws, the compiled
+    kernels as much as the NumPy ones). Those draws take ε = 1e-3, where the norm is well conditioned.
+    """
+    B, T, I, H = draw(st.integers(1, 7)), draw(st.integers(0, 6)), draw(st.integers(1, 5)), draw(st.integers(min_units, 8))
     lengths = draw(st.none() | st.lists(st.integers(0, T), min_size=B, max_size=B))
-    return (B, T, draw(st.integers(1, 5)), draw(st.integers(min_units, 8)), lengths, draw(st.sampled_from([1.0, 0.6])),
-            draw(st.sampled_from([1e-12, 1e-3])), draw(st.booleans()), draw(st.integers(1, 3)), draw(st.booleans()),
-            draw(st.integers(0, 2**31)))
+    epsilon = draw(st.sampled_from([1e-12, 1e-3])) if I >= 2 and H >= 3 else 1e-3
+    return (B, T, I, H, lengths, draw(st.sampled_from([1.0, 0.6])), epsilon, draw(st.booleans()), draw(st.integers(1, 3)),
+            draw(st.booleans()), draw(st.integers(0, 2**31)))
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
@@ -88,12 +95,20 @@ def test_fused_layer_norm_kernels_equal_generic_code_in_float32(kernels, case):
 
 
 def _assert_close(case, dtype, tolerance, kernels):
+    """Every result within `tolerance`, relative, and absolute scaled by the run's largest magnitude: the
+    rounding errors carried along the recurrence and through the norms (whose 1/σ amplifies them) scale with
+    the values they came from, so an entry near zero in a run whose values reach M is as uncertain as M·ulp
+    (float32, ε = 1e-3, I = 1: a norm shift's gradient of 0.48 came out 1.9e-4 apart, compiled and NumPy
+    kernels alike, in a run whose initial-state gradient reached 159; once in 4,000 draws). Where no value
+    exceeds 1 this is the plain tolerance; with it 8,000 draws per kernel path and dtype passed."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         fused, generic = _run_both(monkeypatch, case, dtype, kernels)
+    largest = max(float(np.max(np.abs(generic[name]), initial=0.0)) for name in RESULTS)
     for name in RESULTS:
         assert fused[name].dtype == generic[name].dtype, name
         assert fused[name].shape == generic[name].shape, name
-        np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
+        np.testing.assert_allclose(fused[name], generic[name], atol=tolerance * max(1.0, largest), rtol=tolerance,
+                                   err_msg=name)
 
 
 @needs_numba
