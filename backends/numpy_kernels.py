@@ -21,8 +21,8 @@ allocated once per call, and keep the weights in the layout the matmuls want:
   in buffers of its own; NumPy releases the GIL inside its ufuncs and products. Inside the
   blocks BLAS runs on one thread (threadpoolctl): two callers each asking OpenBLAS for every
   core make its threads spin against each other.
-The layer-norm cell has no NumPy kernel: it runs the generic code here, and compiled kernels
-(`numba_layer_norm`) with the `fast` extra.
+The layer-norm cell's NumPy kernels (`numpy_layer_norm`) are built from this module's pieces: the
+row-block runners and the steps the two loops share (`cell_update`, `carry_state`, the gradient helpers).
 """
 from __future__ import annotations
 
@@ -232,7 +232,8 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
 
 
 def cell_update(f, i, g, mask, c, c_new, scratch) -> None:
-    """c_new = f ⊙ c_{t-1} + i ⊙ g̃, with g̃ = g ⊙ mask under dropout (feature-major [H, b]; `scratch` is overwritten)."""
+    """c_new = f ⊙ c_{t-1} + i ⊙ g̃, with g̃ = g ⊙ mask under dropout (feature-major [H, b]; `scratch` is
+    overwritten)."""
     if mask is not None:
         numpy.multiply(g, mask, out=scratch)
         g = scratch
@@ -344,7 +345,8 @@ def state_gradients(d_h, d_c, d_output, valid, d_h_step, d_c_step) -> None:
 
 
 def output_gradients(d_h, o, tanh_c, slope_o, d_o, d_c, scratch) -> None:
-    """Through h_t = o ⊙ tanh(c_t): d_o = dh ⊙ tanh(c) ⊙ o(1 − o) (`slope_o`), and d_c += dh ⊙ o ⊙ (1 − tanh²c)."""
+    """Through h_t = o ⊙ tanh(c_t): d_o = dh ⊙ tanh(c) ⊙ o(1 − o) (`slope_o`), and
+    d_c += dh ⊙ o ⊙ (1 − tanh²c)."""
     numpy.multiply(d_h, tanh_c, out=d_o)
     d_o *= slope_o
     numpy.multiply(tanh_c, tanh_c, out=scratch)

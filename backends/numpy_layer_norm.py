@@ -1,13 +1,9 @@
 """Fused NumPy kernels for the layer-norm LSTM's time loop, forward and backward: the default
 install's layer-norm path (`numba_layer_norm` is the compiled one of the `fast` extra).
 
-The cell is TensorFlow 1's `LayerNormBasicLSTMCell(layer_norm=True)`, as in
-`xlstm.cell.lstm_step_internals`: the pre-activations a = [x_t, h_{t-1}]·W[:, 1:]ᵀ (no bias
-column: the norms' shifts play the bias) are normalised over each gate block's H units,
-x̂ = (a − mean)/√(var + ε), then scaled and shifted by that gate's gain and shift; the forget
-bias is added after the norm; dropout multiplies the candidate after its tanh; the new cell
-state f⊙c_{t-1} + i⊙g is normalised the same way with the fifth gain and shift, and the
-normalised state is the one carried.
+The cell is TensorFlow 1's `LayerNormBasicLSTMCell(layer_norm=True)` of `xlstm.cell.lstm_step_internals`
+(spelled out in `numba_layer_norm`): each gate block's pre-activations, computed without the bias
+column, and then the new cell state are normalised over their H units, scaled and shifted.
 
 The generic array-API code runs some sixty array operations per step, each allocating a new
 array. These kernels follow `numpy_kernels` and reuse its pieces: in-place ufuncs into buffers
@@ -16,8 +12,8 @@ f, i, o, c, so that the four gate blocks are normalised at once as a [4, H, b] v
 tanh activates all four gates (σ(y) = ½·tanh(½y) + ½, the inner ½ folded into the sigmoid
 gates' gains and shifts, the forget bias into the forget gate's shift); one matmul for the
 input projection of all steps, one for every weight gradient; batch rows in blocks on threads
-of their own (`backends.row_threads`). The means and variances are summed along the units in
-the generic code's order, so float64 results equal it to rounding.
+of their own (`backends.row_threads`). The means are products with a row of 1/H, not sums along
+the units (8× faster at H = 256); float64 results equal the generic code's to rounding.
 """
 from __future__ import annotations
 
@@ -111,7 +107,7 @@ def _normalise(x, out, inverse_std, mean_row, epsilon: float) -> None:
     numpy.matmul(mean_row, x, out=inverse_std)
     inverse_std += epsilon
     numpy.sqrt(inverse_std, out=inverse_std)
-    numpy.divide(1.0, inverse_std, out=inverse_std)  # as the generic code: power(σ², −½) moved ill-conditioned draws
+    numpy.divide(1.0, inverse_std, out=inverse_std)  # as the generic code (power(σ², −½) is an ulp off)
     out *= inverse_std
 
 
