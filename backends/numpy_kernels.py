@@ -36,6 +36,9 @@ from threadpoolctl import ThreadpoolController
 from xlstm_backends.row_threads import row_blocks, run_on_row_blocks
 from xlstm_backends.workspace import WORKSPACE
 
+Array = numpy.ndarray  # in the shared helpers' hints
+MaybeArray = numpy.ndarray | None
+
 DESCRIPTION = "NumPy kernels (fused in-place ufuncs; pip install 'xlstm-array[fast]' for compiled ones)"
 empty = WORKSPACE.empty  # large buffers reuse memory from earlier calls: no page faults
 
@@ -148,8 +151,8 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     return outputs, c, h, ForwardCache(prepared.ordered, blocks, caches) if keep_for_backward else None
 
 
-def forward_on_row_blocks(forward_rows: Callable, inputs, c0, h0, masks, valid, keep_for_backward: bool,
-                          min_rows: int) -> tuple:
+def forward_on_row_blocks(forward_rows: Callable, inputs: Array, c0: Array, h0: Array, masks: MaybeArray,
+                          valid: MaybeArray, keep_for_backward: bool, min_rows: int) -> tuple:
     """Run forward_rows(inputs, c0, h0, masks, valid, keep_for_backward) → (outputs, c_T, h_T, rows cache) on
     blocks of at least `min_rows` batch rows, side by side on threads: the rows of a recurrence never meet.
 
@@ -231,7 +234,7 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
     return outputs.transpose(0, 2, 1), numpy.array(c.T, order="C"), numpy.array(h.T, order="C"), cache
 
 
-def cell_update(f, i, g, mask, c, c_new, scratch) -> None:
+def cell_update(f: Array, i: Array, g: Array, mask: MaybeArray, c: Array, c_new: Array, scratch: Array) -> None:
     """c_new = f ⊙ c_{t-1} + i ⊙ g̃, with g̃ = g ⊙ mask under dropout (feature-major [H, b]; `scratch` is
     overwritten)."""
     if mask is not None:
@@ -242,7 +245,7 @@ def cell_update(f, i, g, mask, c, c_new, scratch) -> None:
     c_new += scratch
 
 
-def carry_state(valid, c, c_new, h, h_new) -> numpy.ndarray:
+def carry_state(valid: MaybeArray, c: Array, c_new: Array, h: Array, h_new: Array) -> Array:
     """The next step's h: h_new itself without lengths (no copy); with them ([1, b] booleans), finished rows keep
     their state (c_new and h are updated in place) and their outputs h_new become zero."""
     if valid is None:
@@ -272,8 +275,8 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     return unordered, d_inputs, d_c0, d_h0
 
 
-def backward_on_row_blocks(backward_rows: Callable, blocks: list[tuple[int, int]], caches: list, d_outputs, d_c, d_h,
-                           input_size: int) -> tuple:
+def backward_on_row_blocks(backward_rows: Callable, blocks: list[tuple[int, int]], caches: list,
+                           d_outputs: MaybeArray, d_c: Array, d_h: Array, input_size: int) -> tuple:
     """Run backward_rows(rows cache, d_outputs, d_c, d_h) → (sums, d_inputs, d_c0, d_h0) on the row blocks the
     forward pass ran on, each on a thread again; `sums` is a tuple of arrays (weight gradients) summed over the blocks.
 
@@ -330,7 +333,8 @@ def _backward_rows(cache: RowsCache, d_outputs, d_c, d_h, *, recurrent_weights_t
     return (d_weights,), d_inputs, numpy.ascontiguousarray(d_c.T), numpy.ascontiguousarray(d_h.T)
 
 
-def state_gradients(d_h, d_c, d_output, valid, d_h_step, d_c_step) -> None:
+def state_gradients(d_h: Array, d_c: Array, d_output: MaybeArray, valid: MaybeArray, d_h_step: Array,
+                    d_c_step: Array) -> None:
     """Into d_h_step and d_c_step: the gradients reaching step t's h_t (the carried one plus the output's) and c_t;
     zero on padded steps (`valid` [1, b] booleans or None; without it d_c_step may be d_c itself)."""
     if d_output is not None:
@@ -344,7 +348,8 @@ def state_gradients(d_h, d_c, d_output, valid, d_h_step, d_c_step) -> None:
         d_c_step[...] = d_c
 
 
-def output_gradients(d_h, o, tanh_c, slope_o, d_o, d_c, scratch) -> None:
+def output_gradients(d_h: Array, o: Array, tanh_c: Array, slope_o: Array, d_o: Array, d_c: Array,
+                     scratch: Array) -> None:
     """Through h_t = o ⊙ tanh(c_t): d_o = dh ⊙ tanh(c) ⊙ o(1 − o) (`slope_o`), and
     d_c += dh ⊙ o ⊙ (1 − tanh²c)."""
     numpy.multiply(d_h, tanh_c, out=d_o)
@@ -356,7 +361,8 @@ def output_gradients(d_h, o, tanh_c, slope_o, d_o, d_c, scratch) -> None:
     d_c += scratch
 
 
-def gate_gradients(d_c, c_prev, f, i, g, mask, slope_f, slope_i, d_f, d_i, d_g, scratch) -> None:
+def gate_gradients(d_c: Array, c_prev: Array, f: Array, i: Array, g: Array, mask: MaybeArray, slope_f: Array,
+                   slope_i: Array, d_f: Array, d_i: Array, d_g: Array, scratch: Array) -> None:
     """Through c_t = f ⊙ c_{t-1} + i ⊙ g̃ (g̃ = g ⊙ mask) to the pre-activations of f, i and the candidate g;
     slope_f, slope_i are the sigmoids' slopes σ(1 − σ)."""
     numpy.multiply(d_c, c_prev, out=d_f)  # d_f = dc ⊙ c_{t-1} ⊙ f(1 − f)
@@ -373,7 +379,8 @@ def gate_gradients(d_c, c_prev, f, i, g, mask, slope_f, slope_i, d_f, d_i, d_g, 
     d_g *= scratch
 
 
-def previous_state_gradients(d_c_step, f, valid, recurrent_weights_t, d_gates, d_c, d_h, scratch) -> None:
+def previous_state_gradients(d_c_step: Array, f: Array, valid: MaybeArray, recurrent_weights_t: Array,
+                             d_gates: Array, d_c: Array, d_h: Array, scratch: Array) -> None:
     """In place, d_c and d_h become the gradients of c_{t-1} and h_{t-1}: d_c_step ⊙ f and W_hᵀ·d_gates ([4H, b],
     the pre-activations' gradients); rows past their length (`valid` False) pass theirs through unchanged."""
     if valid is None:
@@ -389,7 +396,8 @@ def previous_state_gradients(d_c_step, f, valid, recurrent_weights_t, d_gates, d
     d_h += scratch
 
 
-def weight_and_input_gradients(d_gates, inputs_and_h, input_weights, bias: bool) -> tuple:
+def weight_and_input_gradients(d_gates: Array, inputs_and_h: Array, input_weights: Array,
+                               bias: bool) -> tuple[Array, Array]:
     """From every step's pre-activation gradients d_gates [4H, T, b] and the rows [x_t, h_{t-1}] ([T, b, I + H]):
     d_weights [4H, 1 + I + H] with one matmul (bias column: the gradients' sums, or zero without a bias) and
     d_inputs [T, b, I] with another."""
