@@ -77,9 +77,9 @@ class NumpyLibrary(Library):
         return _by_choice("numba_kernels", "numpy_kernels")
 
     def lstm_layer_norm_kernels(self) -> Any:
-        """The compiled layer-norm kernels with the `fast` extra (unless XLSTM_KERNELS=numpy), else
-        None: without numba the layer-norm cell runs the generic array-API code."""
-        return _by_choice("numba_layer_norm", None)
+        """The layer-norm kernels of the same choice as `lstm_kernels`: the compiled ones with the `fast`
+        extra (unless XLSTM_KERNELS=numpy), else the NumPy ones."""
+        return _by_choice("numba_layer_norm", "numpy_layer_norm")
 
     def loss_kernels(self) -> Any:
         """Compiled softmax cross-entropy with the `fast` extra, else NumPy's in-place version."""

@@ -21,8 +21,8 @@ allocated once per call, and keep the weights in the layout the matmuls want:
   in buffers of its own; NumPy releases the GIL inside its ufuncs and products. Inside the
   blocks BLAS runs on one thread (threadpoolctl): two callers each asking OpenBLAS for every
   core make its threads spin against each other.
-The layer-norm cell has no NumPy kernel: it runs the generic code here, and compiled kernels
-(`numba_layer_norm`) with the `fast` extra.
+The layer-norm cell's NumPy kernels (`numpy_layer_norm`) are built from this module's pieces: the
+row-block runners and the steps the two loops share (`cell_update`, `carry_state`, the gradient helpers).
 """
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ from threadpoolctl import ThreadpoolController
 
 from xlstm_backends.row_threads import row_blocks, run_on_row_blocks
 from xlstm_backends.workspace import WORKSPACE
+
+Array = numpy.ndarray  # in the shared helpers' hints
+MaybeArray = numpy.ndarray | None
 
 DESCRIPTION = "NumPy kernels (fused in-place ufuncs; pip install 'xlstm-array[fast]' for compiled ones)"
 empty = WORKSPACE.empty  # large buffers reuse memory from earlier calls: no page faults
@@ -85,7 +88,7 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def _on_row_blocks(blocks: list[tuple[int, int]], work: Callable[[int, slice], Any]) -> list[Any]:
+def on_row_blocks(blocks: list[tuple[int, int]], work: Callable[[int, slice], Any]) -> list[Any]:
     """[work(k, rows of block k) for every block], the blocks side by side on threads of their own,
     BLAS on one thread inside each."""
     index = {start: k for k, (start, _) in enumerate(blocks)}
@@ -104,8 +107,9 @@ def _rows(array: numpy.ndarray | None, rows: slice) -> numpy.ndarray | None:
     return None if array is None else array[:, rows]
 
 
-def _feature_major(array: numpy.ndarray | None) -> numpy.ndarray | None:
-    """[T, B, K] → contiguous [T, K, B] (None stays None)."""
+def feature_major(array: numpy.ndarray | None) -> numpy.ndarray | None:
+    """[T, B, K] → contiguous [T, K, B] (None stays None): masks, lengths and output gradients as the
+    feature-major loops read them."""
     if array is None:
         return None
     copy = empty((array.shape[0], array.shape[2], array.shape[1]), array.dtype)
@@ -140,23 +144,35 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     Returns (outputs [T, B, H], c_T, h_T, cache or None). Without `keep_for_backward` the
     loop allocates nothing per step: O(B·H) buffers are reused across steps.
     """
-    steps, batch, input_size = inputs.shape
-    units = c0.shape[1]
-    prepared = _forward_weights(weights, input_size, units, forget_bias)
-    blocks = row_blocks(batch, min_rows=-(-MIN_BLOCK_CELLS // units))
-    if len(blocks) == 1:
-        outputs, c, h, rows_cache = _forward_rows(prepared, inputs, c0, h0, masks, valid, keep_for_backward)
-        return outputs, c, h, ForwardCache(prepared.ordered, blocks, [rows_cache]) if keep_for_backward else None
-    outputs = empty((steps, batch, units), weights.dtype)
-    c, h = (numpy.empty((batch, units), weights.dtype) for _ in range(2))
+    prepared = _forward_weights(weights, inputs.shape[2], c0.shape[1], forget_bias)
+    min_rows = -(-MIN_BLOCK_CELLS // c0.shape[1])
+    outputs, c, h, blocks, caches = forward_on_row_blocks(functools.partial(_forward_rows, prepared), inputs, c0, h0,
+                                                          masks, valid, keep_for_backward, min_rows)
+    return outputs, c, h, ForwardCache(prepared.ordered, blocks, caches) if keep_for_backward else None
 
-    def work(_: int, rows: slice) -> RowsCache | None:  # each thread copies its rows into the results
-        outputs[:, rows], c[rows], h[rows], rows_cache = _forward_rows(
-            prepared, inputs[:, rows], c0[rows], h0[rows], _rows(masks, rows), _rows(valid, rows), keep_for_backward)
+
+def forward_on_row_blocks(forward_rows: Callable, inputs: Array, c0: Array, h0: Array, masks: MaybeArray,
+                          valid: MaybeArray, keep_for_backward: bool, min_rows: int) -> tuple:
+    """Run forward_rows(inputs, c0, h0, masks, valid, keep_for_backward) → (outputs, c_T, h_T, rows cache) on
+    blocks of at least `min_rows` batch rows, side by side on threads: the rows of a recurrence never meet.
+
+    Returns (outputs [T, B, H], c_T, h_T, the blocks, every block's rows cache).
+    """
+    steps, batch, _ = inputs.shape
+    units = c0.shape[1]
+    blocks = row_blocks(batch, min_rows)
+    if len(blocks) == 1:
+        outputs, c, h, rows_cache = forward_rows(inputs, c0, h0, masks, valid, keep_for_backward)
+        return outputs, c, h, blocks, [rows_cache]
+    outputs = empty((steps, batch, units), c0.dtype)
+    c, h = (numpy.empty((batch, units), c0.dtype) for _ in range(2))
+
+    def work(_: int, rows: slice) -> Any:  # each thread copies its rows into the results
+        outputs[:, rows], c[rows], h[rows], rows_cache = forward_rows(
+            inputs[:, rows], c0[rows], h0[rows], _rows(masks, rows), _rows(valid, rows), keep_for_backward)
         return rows_cache
 
-    caches = _on_row_blocks(blocks, work)
-    return outputs, c, h, ForwardCache(prepared.ordered, blocks, caches) if keep_for_backward else None
+    return outputs, c, h, blocks, on_row_blocks(blocks, work)
 
 
 def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backward: bool):
@@ -169,7 +185,7 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
     numpy.matmul(weights.inputs, inputs.reshape(steps * batch, input_size).T, out=projected)
     projected += weights.bias
     recurrent_weights = weights.recurrent
-    masks, valid = _feature_major(masks), _feature_major(valid)
+    masks, valid = feature_major(masks), feature_major(valid)
 
     outputs = empty((steps, units, batch), dtype)
     if keep_for_backward:  # every step's gates and states are kept for the backward pass
@@ -189,7 +205,7 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
     h = numpy.array(h0.T, dtype=dtype, order="C")  # a copy: h is updated in place
     scratch = numpy.empty((units, batch), dtype)
     projected_steps = [projected[:, t * batch : (t + 1) * batch] for t in range(steps)]
-    matmul, tanh, multiply, copyto = numpy.matmul, numpy.tanh, numpy.multiply, numpy.copyto  # local: fewer lookups
+    matmul, tanh, multiply = numpy.matmul, numpy.tanh, numpy.multiply  # local: fewer lookups
     # h_{t-1} for the weight gradient: without lengths it is the previous output, copied after the loop
     carried_h_per_step = keep_for_backward and valid is not None
     # At the article's size (B = 1, H = 5) a step is ~5 µs of call overhead: the loop body is kept
@@ -200,23 +216,13 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
         tanh(a, out=a)
         multiply(sigmoids, 0.5, out=sigmoids)
         sigmoids += 0.5
-        if masks is not None:
-            multiply(g, masks[t], out=scratch)
-            g = scratch
         if carried_h_per_step:
             inputs_and_h[t, :, input_size:] = h.T
-        multiply(i, g, out=c_new)  # i ⊙ g first: `scratch` may hold g
-        multiply(f, c, out=scratch)
-        c_new += scratch
+        cell_update(f, i, g, None if masks is None else masks[t], c, c_new, scratch)
         tanh(c_new, out=tanh_c)
         h_new = outputs[t]
         multiply(o, tanh_c, out=h_new)
-        if valid is None:
-            h = h_new  # the output is the next step's h: no copy
-        else:  # finished rows keep their state; their outputs are zero
-            copyto(c_new, c, where=~valid[t])
-            copyto(h, h_new, where=valid[t])
-            h_new *= valid[t]
+        h = carry_state(None if valid is None else valid[t], c, c_new, h, h_new)
     c = cells[steps] if keep_for_backward else cells[steps % 2]
     if keep_for_backward and not carried_h_per_step and steps:
         inputs_and_h[0, :, input_size:] = h0
@@ -226,6 +232,28 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
         cache = RowsCache(inputs_and_h, gates, cells, tanh_cells, masks, valid)
     # copies: h may be a view of the outputs, c of the cache
     return outputs.transpose(0, 2, 1), numpy.array(c.T, order="C"), numpy.array(h.T, order="C"), cache
+
+
+def cell_update(f: Array, i: Array, g: Array, mask: MaybeArray, c: Array, c_new: Array, scratch: Array) -> None:
+    """c_new = f ⊙ c_{t-1} + i ⊙ g̃, with g̃ = g ⊙ mask under dropout (feature-major [H, b]; `scratch` is
+    overwritten)."""
+    if mask is not None:
+        numpy.multiply(g, mask, out=scratch)
+        g = scratch
+    numpy.multiply(i, g, out=c_new)  # i ⊙ g first: `scratch` may hold g
+    numpy.multiply(f, c, out=scratch)
+    c_new += scratch
+
+
+def carry_state(valid: MaybeArray, c: Array, c_new: Array, h: Array, h_new: Array) -> Array:
+    """The next step's h: h_new itself without lengths (no copy); with them ([1, b] booleans), finished rows keep
+    their state (c_new and h are updated in place) and their outputs h_new become zero."""
+    if valid is None:
+        return h_new
+    numpy.copyto(c_new, c, where=~valid)
+    numpy.copyto(h, h_new, where=valid)
+    h_new *= valid
+    return h
 
 
 def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
@@ -238,35 +266,47 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     input_size = cache.weights.shape[1] - 1 - units
     recurrent_weights_t = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :].T)  # [H, 4H]
     input_weights = cache.weights[:, 1 : 1 + input_size]
-    if len(cache.blocks) == 1:
-        d_weights, d_inputs, d_c0, d_h0 = _backward_rows(cache.rows[0], recurrent_weights_t, input_weights,
-                                                         d_outputs, d_c, d_h)
-    else:
-        steps, batch = cache.rows[0].gates.shape[0], d_c.shape[0]
-        d_inputs = empty((steps, batch, input_size), cache.weights.dtype)
-        d_c0, d_h0 = (numpy.empty((batch, units), cache.weights.dtype) for _ in range(2))
-
-        def work(k: int, rows: slice) -> numpy.ndarray:  # each thread copies its rows into the results
-            block_d_weights, d_inputs[:, rows], d_c0[rows], d_h0[rows] = _backward_rows(
-                cache.rows[k], recurrent_weights_t, input_weights, _rows(d_outputs, rows), d_c[rows], d_h[rows])
-            return block_d_weights
-
-        d_weights, *others = _on_row_blocks(cache.blocks, work)
-        for block_d_weights in others:
-            d_weights += block_d_weights
+    backward_rows = functools.partial(_backward_rows, recurrent_weights_t=recurrent_weights_t,
+                                      input_weights=input_weights)
+    (d_weights,), d_inputs, d_c0, d_h0 = backward_on_row_blocks(backward_rows, cache.blocks, cache.rows, d_outputs,
+                                                                d_c, d_h, input_size)
     unordered = numpy.empty_like(d_weights)
     unordered[kernel_order(units)] = d_weights
     return unordered, d_inputs, d_c0, d_h0
 
 
-def _backward_rows(cache: RowsCache, recurrent_weights_t, input_weights, d_outputs, d_c, d_h):
-    """`lstm_backward`'s loop over one block of batch rows: (d_weights in the kernels' gate order,
-    d_inputs, d_c0, d_h0)."""
+def backward_on_row_blocks(backward_rows: Callable, blocks: list[tuple[int, int]], caches: list,
+                           d_outputs: MaybeArray, d_c: Array, d_h: Array, input_size: int) -> tuple:
+    """Run backward_rows(rows cache, d_outputs, d_c, d_h) → (sums, d_inputs, d_c0, d_h0) on the row blocks the
+    forward pass ran on, each on a thread again; `sums` is a tuple of arrays (weight gradients) summed over the blocks.
+
+    Returns (sums, d_inputs [T, B, I], d_c0, d_h0).
+    """
+    if len(blocks) == 1:
+        return backward_rows(caches[0], d_outputs, d_c, d_h)
+    steps, batch = caches[0].gates.shape[0], d_c.shape[0]
+    d_inputs = empty((steps, batch, input_size), d_c.dtype)
+    d_c0, d_h0 = (numpy.empty((batch, d_c.shape[1]), d_c.dtype) for _ in range(2))
+
+    def work(k: int, rows: slice) -> tuple:  # each thread copies its rows into the results
+        sums, d_inputs[:, rows], d_c0[rows], d_h0[rows] = backward_rows(caches[k], _rows(d_outputs, rows), d_c[rows],
+                                                                        d_h[rows])
+        return sums
+
+    sums, *others = on_row_blocks(blocks, work)
+    for block_sums in others:
+        for total, block_sum in zip(sums, block_sums):
+            total += block_sum
+    return sums, d_inputs, d_c0, d_h0
+
+
+def _backward_rows(cache: RowsCache, d_outputs, d_c, d_h, *, recurrent_weights_t, input_weights):
+    """`lstm_backward`'s loop over one block of batch rows: ((d_weights in the kernels' gate order,), d_inputs,
+    d_c0, d_h0)."""
     steps, batch, width = cache.inputs_and_h.shape
     units = cache.cells.shape[1]
-    input_size = width - units
     dtype = cache.gates.dtype
-    d_outputs = _feature_major(d_outputs)
+    d_outputs = feature_major(d_outputs)
     d_gates = empty((4 * units, steps, batch), dtype)  # column block t is step t
     d_h = numpy.array(d_h.T, dtype=dtype, order="C")  # copies: both are updated in place
     d_c = numpy.array(d_c.T, dtype=dtype, order="C")
@@ -275,65 +315,101 @@ def _backward_rows(cache: RowsCache, recurrent_weights_t, input_weights, d_outpu
     d_f, d_i, d_o, d_g = (step_d_gates[k * units : (k + 1) * units] for k in range(4))
     slopes = numpy.empty((SIGMOID_GATES * units, batch), dtype)  # σ(1 − σ) of f, i, o: the sigmoids' slopes
     slope_f, slope_i, slope_o = (slopes[k * units : (k + 1) * units] for k in range(SIGMOID_GATES))
-    matmul, multiply, subtract, copyto = numpy.matmul, numpy.multiply, numpy.subtract, numpy.copyto
     masks, valid = cache.masks, cache.valid
     if valid is None:  # dc is updated in place: its new value is computed last, from d_c_step ⊙ f
         d_c_step = d_c
     for t in reversed(range(steps)):
         _, sigmoids, f, i, o, g, c_prev, _, tanh_c = _step_views(cache.gates[t], cache.cells[t], cache.cells[t + 1],
                                                                 cache.tanh_cells[t], units)
-        if d_outputs is not None:
-            numpy.add(d_h, d_outputs[t], out=d_h_step)
-        else:
-            d_h_step[...] = d_h
-        if valid is not None:  # padded steps pass the state's gradient straight through
-            multiply(d_c, valid[t], out=d_c_step)
-            d_h_step *= valid[t]
-        subtract(1.0, sigmoids, out=slopes)
+        valid_t, mask = None if valid is None else valid[t], None if masks is None else masks[t]
+        state_gradients(d_h, d_c, None if d_outputs is None else d_outputs[t], valid_t, d_h_step, d_c_step)
+        numpy.subtract(1.0, sigmoids, out=slopes)
         slopes *= sigmoids
-        # d_o = dh ⊙ tanh(c) ⊙ o(1 − o)
-        multiply(d_h_step, tanh_c, out=d_o)
-        d_o *= slope_o
-        # dc += dh ⊙ o ⊙ (1 − tanh²c)
-        multiply(tanh_c, tanh_c, out=scratch)
-        subtract(1.0, scratch, out=scratch)
-        scratch *= o
-        scratch *= d_h_step
-        d_c_step += scratch
-        # d_f = dc ⊙ c_{t-1} ⊙ f(1 − f)
-        multiply(d_c_step, c_prev, out=d_f)
-        d_f *= slope_f
-        # d_i = dc ⊙ g̃ ⊙ i(1 − i), g̃ the candidate after dropout
-        multiply(d_c_step, g, out=d_i)
-        if masks is not None:
-            d_i *= masks[t]
-        d_i *= slope_i
-        # d_g = dc ⊙ i (⊙ mask) ⊙ (1 − g²)
-        multiply(d_c_step, i, out=d_g)
-        if masks is not None:
-            d_g *= masks[t]
-        multiply(g, g, out=scratch)
-        subtract(1.0, scratch, out=scratch)
-        d_g *= scratch
+        output_gradients(d_h_step, o, tanh_c, slope_o, d_o, d_c_step, scratch)
+        gate_gradients(d_c_step, c_prev, f, i, g, mask, slope_f, slope_i, d_f, d_i, d_g, scratch)
         d_gates[:, t, :] = step_d_gates
-        # gradients into the previous state
-        if valid is not None:
-            finished = ~valid[t]
-            multiply(d_c_step, f, out=scratch)
-            copyto(scratch, d_c, where=finished)
-            d_c[...] = scratch
-            multiply(d_h, finished, out=scratch)
-            matmul(recurrent_weights_t, step_d_gates, out=d_h)
-            d_h += scratch
-        else:
-            multiply(d_c_step, f, out=d_c)
-            matmul(recurrent_weights_t, step_d_gates, out=d_h)
+        previous_state_gradients(d_c_step, f, valid_t, recurrent_weights_t, step_d_gates, d_c, d_h, scratch)
+    d_weights, d_inputs = weight_and_input_gradients(d_gates, cache.inputs_and_h, input_weights, bias=True)
+    return (d_weights,), d_inputs, numpy.ascontiguousarray(d_c.T), numpy.ascontiguousarray(d_h.T)
 
-    rows = steps * batch
-    flat_d_gates = d_gates.reshape(4 * units, rows)
-    d_weights = numpy.empty((4 * units, 1 + width), dtype)
-    d_weights[:, 0] = flat_d_gates.sum(axis=1)
-    numpy.matmul(flat_d_gates, cache.inputs_and_h.reshape(rows, width), out=d_weights[:, 1:])
-    d_inputs = empty((rows, input_size), dtype)
+
+def state_gradients(d_h: Array, d_c: Array, d_output: MaybeArray, valid: MaybeArray, d_h_step: Array,
+                    d_c_step: Array) -> None:
+    """Into d_h_step and d_c_step: the gradients reaching step t's h_t (the carried one plus the output's) and c_t;
+    zero on padded steps (`valid` [1, b] booleans or None; without it d_c_step may be d_c itself)."""
+    if d_output is not None:
+        numpy.add(d_h, d_output, out=d_h_step)
+    else:
+        d_h_step[...] = d_h
+    if valid is not None:
+        numpy.multiply(d_c, valid, out=d_c_step)
+        d_h_step *= valid
+    elif d_c_step is not d_c:
+        d_c_step[...] = d_c
+
+
+def output_gradients(d_h: Array, o: Array, tanh_c: Array, slope_o: Array, d_o: Array, d_c: Array,
+                     scratch: Array) -> None:
+    """Through h_t = o ⊙ tanh(c_t): d_o = dh ⊙ tanh(c) ⊙ o(1 − o) (`slope_o`), and
+    d_c += dh ⊙ o ⊙ (1 − tanh²c)."""
+    numpy.multiply(d_h, tanh_c, out=d_o)
+    d_o *= slope_o
+    numpy.multiply(tanh_c, tanh_c, out=scratch)
+    numpy.subtract(1.0, scratch, out=scratch)
+    scratch *= o
+    scratch *= d_h
+    d_c += scratch
+
+
+def gate_gradients(d_c: Array, c_prev: Array, f: Array, i: Array, g: Array, mask: MaybeArray, slope_f: Array,
+                   slope_i: Array, d_f: Array, d_i: Array, d_g: Array, scratch: Array) -> None:
+    """Through c_t = f ⊙ c_{t-1} + i ⊙ g̃ (g̃ = g ⊙ mask) to the pre-activations of f, i and the candidate g;
+    slope_f, slope_i are the sigmoids' slopes σ(1 − σ)."""
+    numpy.multiply(d_c, c_prev, out=d_f)  # d_f = dc ⊙ c_{t-1} ⊙ f(1 − f)
+    d_f *= slope_f
+    numpy.multiply(d_c, g, out=d_i)  # d_i = dc ⊙ g̃ ⊙ i(1 − i)
+    if mask is not None:
+        d_i *= mask
+    d_i *= slope_i
+    numpy.multiply(d_c, i, out=d_g)  # d_g = dc ⊙ i (⊙ mask) ⊙ (1 − g²)
+    if mask is not None:
+        d_g *= mask
+    numpy.multiply(g, g, out=scratch)
+    numpy.subtract(1.0, scratch, out=scratch)
+    d_g *= scratch
+
+
+def previous_state_gradients(d_c_step: Array, f: Array, valid: MaybeArray, recurrent_weights_t: Array,
+                             d_gates: Array, d_c: Array, d_h: Array, scratch: Array) -> None:
+    """In place, d_c and d_h become the gradients of c_{t-1} and h_{t-1}: d_c_step ⊙ f and W_hᵀ·d_gates ([4H, b],
+    the pre-activations' gradients); rows past their length (`valid` False) pass theirs through unchanged."""
+    if valid is None:
+        numpy.multiply(d_c_step, f, out=d_c)
+        numpy.matmul(recurrent_weights_t, d_gates, out=d_h)
+        return
+    finished = ~valid
+    numpy.multiply(d_c_step, f, out=scratch)
+    numpy.copyto(scratch, d_c, where=finished)
+    d_c[...] = scratch
+    numpy.multiply(d_h, finished, out=scratch)
+    numpy.matmul(recurrent_weights_t, d_gates, out=d_h)
+    d_h += scratch
+
+
+def weight_and_input_gradients(d_gates: Array, inputs_and_h: Array, input_weights: Array,
+                               bias: bool) -> tuple[Array, Array]:
+    """From every step's pre-activation gradients d_gates [4H, T, b] and the rows [x_t, h_{t-1}] ([T, b, I + H]):
+    d_weights [4H, 1 + I + H] with one matmul (bias column: the gradients' sums, or zero without a bias) and
+    d_inputs [T, b, I] with another."""
+    steps, batch, width = inputs_and_h.shape
+    rows, input_size = steps * batch, input_weights.shape[1]
+    flat_d_gates = d_gates.reshape(d_gates.shape[0], rows)
+    d_weights = numpy.empty((d_gates.shape[0], 1 + width), d_gates.dtype)
+    if bias:
+        d_weights[:, 0] = flat_d_gates.sum(axis=1)
+    else:
+        d_weights[:, 0] = 0
+    numpy.matmul(flat_d_gates, inputs_and_h.reshape(rows, width), out=d_weights[:, 1:])
+    d_inputs = empty((rows, input_size), d_gates.dtype)
     numpy.matmul(flat_d_gates.T, input_weights, out=d_inputs)
-    return d_weights, d_inputs.reshape(steps, batch, input_size), numpy.ascontiguousarray(d_c.T), numpy.ascontiguousarray(d_h.T)
+    return d_weights, d_inputs.reshape(steps, batch, input_size)

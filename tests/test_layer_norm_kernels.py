@@ -1,4 +1,5 @@
-"""The compiled layer-norm LSTM kernels (backends/numba_layer_norm.py) against the generic array-API code."""
+"""The layer-norm LSTM kernels, compiled (backends/numba_layer_norm.py) and NumPy (backends/numpy_layer_norm.py),
+against the generic array-API code."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,19 +10,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import xlstm
-from xlstm_backends import numpy_backend, row_threads
+from xlstm_backends import numpy_backend, numpy_layer_norm, row_threads
 from xlstm_backends.numpy_backend import NumpyLibrary
 
 NUMBA_MISSING = any(importlib.util.find_spec(name) is None for name in numpy_backend.FAST_EXTRA)
-pytestmark = pytest.mark.skipif(NUMBA_MISSING, reason="numba or scipy is not installed "
-                                                      "(the optional 'fast' extra)")
+needs_numba = pytest.mark.skipif(NUMBA_MISSING, reason="numba or scipy is not installed (the optional 'fast' extra)")
+KERNELS = [pytest.param("numba", marks=needs_numba), "numpy"]  # XLSTM_KERNELS: both layer-norm kernel paths
 RESULTS = ("outputs", "inference", "c", "h", "weights", "norm_gain", "norm_shift", "inputs", "c0", "h0")
 
 
-def _run_both(monkeypatch, case, dtype):
-    """(fused, generic) results of dynamic_rnn and dynamic_rnn_vjp of one random layer-norm case."""
-    from xlstm_backends import numba_layer_norm
-
+def _run_both(monkeypatch, case, dtype, kernels):
+    """(fused, generic) results of dynamic_rnn and dynamic_rnn_vjp of one random layer-norm case, the fused
+    ones from the `kernels` path."""
     B, T, I, H, lengths, keep, epsilon, initial_state, threads, time_major, seed = case
     rng = np.random.default_rng(seed)
     weights, inputs = rng.normal(size=(4 * H, 1 + I + H)), rng.normal(size=(T, B, I) if time_major else (B, T, I))
@@ -45,9 +45,14 @@ def _run_both(monkeypatch, case, dtype):
                                   grads["norm_shift"], grads["inputs"], *grads["initial_state"])))
 
     # Blocks of a single row are allowed here, so that small batches split over `threads` threads.
-    monkeypatch.setattr(numba_layer_norm, "MIN_ROWS", 1)
+    if kernels == "numba":
+        from xlstm_backends import numba_layer_norm
+
+        monkeypatch.setattr(numba_layer_norm, "MIN_ROWS", 1)
+    else:
+        monkeypatch.setattr(numpy_layer_norm, "MIN_BLOCK_CELLS", 1)
     monkeypatch.setenv(row_threads.THREADS_VARIABLE, str(threads))
-    monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, "numba")
+    monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, kernels)
     fused = run()
     monkeypatch.setattr(NumpyLibrary, "lstm_layer_norm_kernels", lambda self: None)
     generic = run()
@@ -56,39 +61,58 @@ def _run_both(monkeypatch, case, dtype):
 
 @st.composite
 def cases(draw, min_units=1):
-    """Shapes from B = 1 up, lengths, dropout, epsilon, initial states, 1–3 row blocks (uneven ones too)."""
-    B, T = draw(st.integers(1, 7)), draw(st.integers(0, 6))
+    """Shapes from B = 1 up, lengths, dropout, epsilon, initial states, 1–3 row blocks (uneven ones too).
+
+    With ε = 1e-12 (negligible) a norm over one or two units is constant (x̂ = 0 or ±1), and over
+    pre-activations that are all multiples of one number (I = 1 with a zero state) it is invariant to
+    that number's scale: the exact gradients through it are ε-sized, and both codes compute them as
+    rounding noise amplified by 1/σ (1e-11 apart in float64 for H = 2 in 1,500 draws, the compiled
+    kernels as much as the NumPy ones). Those draws take ε = 1e-3, where the norm is well conditioned.
+    """
+    B, T, I, H = (draw(st.integers(1, 7)), draw(st.integers(0, 6)), draw(st.integers(1, 5)),
+                  draw(st.integers(min_units, 8)))
     lengths = draw(st.none() | st.lists(st.integers(0, T), min_size=B, max_size=B))
-    return (B, T, draw(st.integers(1, 5)), draw(st.integers(min_units, 8)), lengths, draw(st.sampled_from([1.0, 0.6])),
-            draw(st.sampled_from([1e-12, 1e-3])), draw(st.booleans()), draw(st.integers(1, 3)), draw(st.booleans()),
-            draw(st.integers(0, 2**31)))
+    epsilon = draw(st.sampled_from([1e-12, 1e-3])) if I >= 2 and H >= 3 else 1e-3
+    return (B, T, I, H, lengths, draw(st.sampled_from([1.0, 0.6])), epsilon, draw(st.booleans()),
+            draw(st.integers(1, 3)), draw(st.booleans()), draw(st.integers(0, 2**31)))
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @settings(max_examples=40, deadline=None)
 @given(case=cases())
-def test_fused_layer_norm_kernels_equal_generic_code_in_float64(case):
-    _assert_close(case, "float64", 1e-12)
+def test_fused_layer_norm_kernels_equal_generic_code_in_float64(kernels, case):
+    _assert_close(case, "float64", 1e-12, kernels)
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @settings(max_examples=40, deadline=None)
 @given(case=cases(min_units=4))
-def test_fused_layer_norm_kernels_equal_generic_code_in_float32(case):
+def test_fused_layer_norm_kernels_equal_generic_code_in_float32(kernels, case):
     """The kernels' float32 tanh is approximate (a few units in the last place; 1.2e-5 at worst in
     300 draws). H ≥ 4: in a block of two or three units the values can nearly coincide, and then
     float32's mean subtraction loses most digits, so that a few units in the last place upstream
     came out 1e-2 apart in a gradient (once in 300 draws with H = 2: ill-conditioned, not wrong)."""
-    _assert_close(case, "float32", 1e-4)
+    _assert_close(case, "float32", 1e-4, kernels)
 
 
-def _assert_close(case, dtype, tolerance):
+def _assert_close(case, dtype, tolerance, kernels):
+    """Every result within `tolerance`, relative, and absolute scaled by the run's largest magnitude: the
+    rounding errors carried along the recurrence and through the norms (whose 1/σ amplifies them) scale with
+    the values they came from, so an entry much smaller than M in a run whose values reach M is as uncertain as M·ulp
+    (float32, ε = 1e-3, I = 1: a norm shift's gradient of 0.48 came out 1.9e-4 apart, compiled and NumPy
+    kernels alike, in a run whose initial-state gradient reached 159; once in 4,000 draws). Where no value
+    exceeds 1 this is the plain tolerance; with it 8,000 draws per kernel path and dtype passed."""
     with pytest.MonkeyPatch.context() as monkeypatch:
-        fused, generic = _run_both(monkeypatch, case, dtype)
+        fused, generic = _run_both(monkeypatch, case, dtype, kernels)
+    largest = max(float(np.max(np.abs(generic[name]), initial=0.0)) for name in RESULTS)
     for name in RESULTS:
         assert fused[name].dtype == generic[name].dtype, name
         assert fused[name].shape == generic[name].shape, name
-        np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
+        np.testing.assert_allclose(fused[name], generic[name], atol=tolerance * max(1.0, largest), rtol=tolerance,
+                                   err_msg=name)
 
 
+@needs_numba
 @pytest.mark.parametrize("batch, threads", [(1, 2), (32, 2), (65, 2), (97, 3)])
 def test_row_blocks_of_realistic_batches_equal_one_block(monkeypatch, batch, threads):
     """With the default MIN_ROWS, split unevenly or not at all, the blocks compute what one block does
@@ -114,28 +138,33 @@ def test_row_blocks_of_realistic_batches_equal_one_block(monkeypatch, batch, thr
         np.testing.assert_allclose(split, one_block, rtol=1e-13, atol=1e-13)
 
 
+@needs_numba
 def test_layer_norm_cells_run_the_compiled_kernels_unless_numpy_kernels_are_asked_for(monkeypatch):
     from xlstm_backends import numba_layer_norm
 
     calls = []
-    original = numba_layer_norm.lstm_forward
-    monkeypatch.setattr(numba_layer_norm, "lstm_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for module in (numba_layer_norm, numpy_layer_norm):
+        original = module.lstm_forward
+        monkeypatch.setattr(module, "lstm_forward",
+                            lambda *a, module=module, original=original, **k: calls.append(module) or original(*a, **k))
     x = xlstm.asarray(np.ones((2, 3, 4)), dtype="float32", backend="numpy")
     cell = xlstm.LSTMCell(5, 4, layer_norm=True, backend="numpy")
     monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, "numba")
     xlstm.dynamic_rnn(cell, x)
     xlstm.dynamic_rnn(xlstm.LSTMCell(5, 4, backend="numpy"), x)  # the plain cell runs numba_kernels
-    assert calls == [1]
+    assert calls == [numba_layer_norm]
     assert "layer-norm LSTM: compiled layer-norm kernels" in NumpyLibrary().description
     monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, "numpy")
     xlstm.dynamic_rnn(cell, x)
-    assert calls == [1]
-    assert NumpyLibrary().lstm_layer_norm_kernels() is None
-    assert "layer-norm LSTM: the generic array-API code" in NumpyLibrary().description
+    assert calls == [numba_layer_norm, numpy_layer_norm]
+    assert NumpyLibrary().lstm_layer_norm_kernels() is numpy_layer_norm
+    assert "layer-norm LSTM: NumPy layer-norm kernels" in NumpyLibrary().description
 
 
-def test_kernels_never_write_into_the_callers_arrays():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_kernels_never_write_into_the_callers_arrays(monkeypatch, kernels):
     """B = H = 1 makes a transpose contiguous: the kernels must still copy the states they update."""
+    monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, kernels)
     c0, h0 = (xlstm.asarray([[0.5]], dtype="float64", backend="numpy") for _ in range(2))
     cell = xlstm.LSTMCell(1, 1, layer_norm=True, norm_shift=0.3, seed=0, dtype="float64", backend="numpy")
     gain = xlstm.to_numpy(cell.norm_gain).copy()
