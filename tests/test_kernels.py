@@ -56,6 +56,14 @@ def _run_both(monkeypatch, case, dtype, kernels="numpy"):
     return fused, generic
 
 
+def _assert_close(fused, generic, tolerance, name):
+    """Within `tolerance`, relative, and absolute on the scale of the array's largest value: a
+    gradient sums terms of that size, so an entry that cancels to near zero keeps their rounding
+    (float32: one draw of 5 steps left 1.3e-5 in an h0 gradient whose largest entry is 3)."""
+    scale = max(1.0, float(np.max(np.abs(generic), initial=0.0)))
+    np.testing.assert_allclose(fused, generic, atol=tolerance * scale, rtol=tolerance, err_msg=name)
+
+
 @st.composite
 def cases(draw, batch=st.integers(1, 5)):
     B, T = draw(batch), draw(st.integers(0, 6))
@@ -75,7 +83,7 @@ def test_fused_kernels_equal_generic_code(kernels, dtype, tolerance, case):
         fused, generic = _run_both(monkeypatch, case, dtype, kernels)
     for name in fused:
         assert fused[name].dtype == generic[name].dtype, name
-        np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
+        _assert_close(fused[name], generic[name], tolerance, name)
 
 
 @pytest.mark.parametrize("threads", ["2", "3"])
@@ -89,7 +97,7 @@ def test_numpy_kernels_on_row_blocks_equal_generic_code(threads, dtype, toleranc
         monkeypatch.setattr(numpy_kernels, "MIN_BLOCK_CELLS", 1)
         fused, generic = _run_both(monkeypatch, case, dtype)
     for name in fused:
-        np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
+        _assert_close(fused[name], generic[name], tolerance, name)
 
 
 @pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
@@ -113,7 +121,7 @@ def test_compiled_kernels_split_over_row_blocks_equal_generic_code(threads, dtyp
         fused, generic = _run_both(monkeypatch, case, dtype, "numba")
     assert blocks_seen and min(blocks_seen) == min(int(threads), case[0])
     for name in fused:
-        np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
+        _assert_close(fused[name], generic[name], tolerance, name)
 
 
 def test_numpy_kernels_cut_the_batch_into_row_blocks_of_min_block_cells(monkeypatch):
