@@ -10,9 +10,10 @@ allocated once per call, and keep the weights in the layout the matmuls want:
 - the gate rows are reordered once to f, i, o, c so the three sigmoid gates are one
   contiguous block; with σ(x) = ½·tanh(½x) + ½ and the inner ½ folded into the weights,
   one in-place tanh activates all four gates;
-- the input projection of all steps is one matmul, with the bias and forget bias added once;
-- the backward pass forms every weight gradient with one matmul after the time loop,
-  over rows [x_t, h_{t-1}] saved by the forward pass.
+- the input projection of all steps is one matmul over rows [1, x_t], so the bias (and the
+  forget bias) rides in the product as its first column instead of a pass of its own;
+- the backward pass forms every weight gradient, the bias's included, with one matmul after the
+  time loop, over rows [1, x_t, h_{t-1}] saved by the forward pass.
 - the large buffers (the projection, the outputs, what the backward pass keeps, the gate
   gradients) come from `backends.workspace`, which reuses memory from earlier calls: fresh
   pages would cost a page fault each on first write, as much as the arithmetic at medium sizes.
@@ -54,16 +55,15 @@ def kernel_order(units: int) -> numpy.ndarray:
 class Weights(NamedTuple):
     """The weights in the kernels' gate order f, i, o, c, and as the forward loop uses them."""
 
-    ordered: numpy.ndarray  # W rows reordered, [4H, 1 + I + H]: what the backward pass needs
-    inputs: numpy.ndarray  # input weights, sigmoid rows halved, [4H, I]
+    ordered: numpy.ndarray | None  # W rows reordered, [4H, 1 + I + H]: what the backward pass needs
+    inputs: numpy.ndarray  # bias plus forget bias, then input weights; sigmoid rows halved, [4H, 1 + I]
     recurrent: numpy.ndarray  # recurrent weights, sigmoid rows halved, contiguous [4H, H]
-    bias: numpy.ndarray  # bias plus forget bias, sigmoid rows halved, [4H, 1]
 
 
 class RowsCache(NamedTuple):
     """What the backward pass needs from one row block's forward loop (feature-major)."""
 
-    inputs_and_h: numpy.ndarray  # [T, b, I + H]: x_t and h_{t-1}, the rows of the weight gradient
+    inputs_and_h: numpy.ndarray  # [T, b, 1 + I + H]: 1, x_t and h_{t-1}, the rows of the weight gradient
     gates: numpy.ndarray  # activated f, i, o and tanh candidate, [T, 4H, b]
     cells: numpy.ndarray  # c_{t-1} for every step, then c_T: [T + 1, H, b]
     tanh_cells: numpy.ndarray  # tanh(c_t) [T, H, b]
@@ -121,17 +121,20 @@ def _step_views(gates, c, c_new, tanh_c, units: int) -> tuple:
             gates[sigmoids:], c, c_new, tanh_c)
 
 
-def _forward_weights(weights: numpy.ndarray, input_size: int, units: int, forget_bias: float) -> Weights:
+def _forward_weights(weights: numpy.ndarray, input_size: int, units: int, forget_bias: float,
+                     keep_for_backward: bool) -> Weights:
     """Reorder the gates, add the forget bias, and fold σ(a) = ½·tanh(½a) + ½'s inner ½ into the
     sigmoid gates' rows once, so one tanh covers all four gates each step and two in-place ops
-    finish the sigmoids."""
-    w = weights[kernel_order(units)]
+    finish the sigmoids. The reordered, unscaled W is kept only for a backward pass."""
+    order = kernel_order(units)
     half = numpy.ones((4 * units, 1), weights.dtype)
     half[: SIGMOID_GATES * units] = 0.5
-    bias = w[:, :1].copy()
-    bias[:units] += forget_bias
-    return Weights(w, w[:, 1 : 1 + input_size] * half, numpy.ascontiguousarray(w[:, 1 + input_size :] * half),
-                   bias * half)
+    inputs = weights[order, : 1 + input_size]  # copies, C-contiguous
+    recurrent = weights[order, 1 + input_size :]
+    inputs[:units, 0] += forget_bias
+    inputs *= half
+    recurrent *= half
+    return Weights(weights[order] if keep_for_backward else None, inputs, recurrent)
 
 
 def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=None, keep_for_backward=False):
@@ -142,7 +145,7 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     """
     steps, batch, input_size = inputs.shape
     units = c0.shape[1]
-    prepared = _forward_weights(weights, input_size, units, forget_bias)
+    prepared = _forward_weights(weights, input_size, units, forget_bias, keep_for_backward)
     blocks = row_blocks(batch, min_rows=-(-MIN_BLOCK_CELLS // units))
     if len(blocks) == 1:
         outputs, c, h, rows_cache = _forward_rows(prepared, inputs, c0, h0, masks, valid, keep_for_backward)
@@ -163,11 +166,16 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
     """`lstm_forward`'s loop over one block of batch rows: (outputs, c_T, h_T, RowsCache or None)."""
     steps, batch, input_size = inputs.shape
     units = c0.shape[1]
-    dtype = weights.ordered.dtype
-    # All steps' input projections at once: [4H, I] · [I, T·B]; step t is columns t·B … t·B + B.
+    dtype = weights.inputs.dtype
+    # Rows [1, x_t] (and h_{t-1}, filled in for a backward pass, whose weight gradient they are);
+    # all steps' input projections, bias included, at once: [4H, 1 + I] · [1 + I, T·B], step t in
+    # columns t·B … t·B + B.
+    inputs_and_h = empty((steps, batch, 1 + input_size + (units if keep_for_backward else 0)), dtype)
+    inputs_and_h[:, :, 0] = 1.0
+    inputs_and_h[:, :, 1 : 1 + input_size] = inputs
     projected = empty((4 * units, steps * batch), dtype)
-    numpy.matmul(weights.inputs, inputs.reshape(steps * batch, input_size).T, out=projected)
-    projected += weights.bias
+    numpy.matmul(weights.inputs, inputs_and_h[:, :, : 1 + input_size].reshape(steps * batch, 1 + input_size).T,
+                 out=projected)
     recurrent_weights = weights.recurrent
     masks, valid = _feature_major(masks), _feature_major(valid)
 
@@ -176,8 +184,6 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
         gates = empty((steps, 4 * units, batch), dtype)
         cells = empty((steps + 1, units, batch), dtype)
         tanh_cells = empty((steps, units, batch), dtype)
-        inputs_and_h = empty((steps, batch, input_size + units), dtype)
-        inputs_and_h[:, :, :input_size] = inputs
         views = (_step_views(gates[t], cells[t], cells[t + 1], tanh_cells[t], units) for t in range(steps))
     else:  # one step's buffers, reused; the previous and the new c swap roles every step
         gates = numpy.empty((4 * units, batch), dtype)
@@ -204,7 +210,7 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
             multiply(g, masks[t], out=scratch)
             g = scratch
         if carried_h_per_step:
-            inputs_and_h[t, :, input_size:] = h.T
+            inputs_and_h[t, :, 1 + input_size :] = h.T
         multiply(i, g, out=c_new)  # i ⊙ g first: `scratch` may hold g
         multiply(f, c, out=scratch)
         c_new += scratch
@@ -219,8 +225,8 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
             h_new *= valid[t]
     c = cells[steps] if keep_for_backward else cells[steps % 2]
     if keep_for_backward and not carried_h_per_step and steps:
-        inputs_and_h[0, :, input_size:] = h0
-        inputs_and_h[1:, :, input_size:] = outputs[:-1].transpose(0, 2, 1)
+        inputs_and_h[0, :, 1 + input_size :] = h0
+        inputs_and_h[1:, :, 1 + input_size :] = outputs[:-1].transpose(0, 2, 1)
     cache = None
     if keep_for_backward:
         cache = RowsCache(inputs_and_h, gates, cells, tanh_cells, masks, valid)
@@ -264,7 +270,7 @@ def _backward_rows(cache: RowsCache, recurrent_weights_t, input_weights, d_outpu
     d_inputs, d_c0, d_h0)."""
     steps, batch, width = cache.inputs_and_h.shape
     units = cache.cells.shape[1]
-    input_size = width - units
+    input_size = width - 1 - units
     dtype = cache.gates.dtype
     d_outputs = _feature_major(d_outputs)
     d_gates = empty((4 * units, steps, batch), dtype)  # column block t is step t
@@ -331,9 +337,7 @@ def _backward_rows(cache: RowsCache, recurrent_weights_t, input_weights, d_outpu
 
     rows = steps * batch
     flat_d_gates = d_gates.reshape(4 * units, rows)
-    d_weights = numpy.empty((4 * units, 1 + width), dtype)
-    d_weights[:, 0] = flat_d_gates.sum(axis=1)
-    numpy.matmul(flat_d_gates, cache.inputs_and_h.reshape(rows, width), out=d_weights[:, 1:])
+    d_weights = flat_d_gates @ cache.inputs_and_h.reshape(rows, width)  # the bias's gradient is its first column
     d_inputs = empty((rows, input_size), dtype)
     numpy.matmul(flat_d_gates.T, input_weights, out=d_inputs)
     return d_weights, d_inputs.reshape(steps, batch, input_size), numpy.ascontiguousarray(d_c.T), numpy.ascontiguousarray(d_h.T)
