@@ -46,10 +46,12 @@ SIGMOID_GATES = 3  # f, i, o come first in the kernels' gate order; the candidat
 MIN_BLOCK_CELLS = 4096
 
 
+KERNEL_BLOCKS = (0, 1, 3, 2)  # the kernels' gate k is xlstm's gate block KERNEL_BLOCKS[k]: f, i, o, c from f, i, c, o
+
+
 def kernel_order(units: int) -> numpy.ndarray:
     """Row indices taking xlstm's gate blocks f, i, c, o to the kernels' f, i, o, c."""
-    f, i, c, o = (numpy.arange(k * units, (k + 1) * units) for k in range(4))
-    return numpy.concatenate([f, i, o, c])
+    return numpy.concatenate([numpy.arange(block * units, (block + 1) * units) for block in KERNEL_BLOCKS])
 
 
 class Weights(NamedTuple):
@@ -126,15 +128,15 @@ def _forward_weights(weights: numpy.ndarray, input_size: int, units: int, forget
     """Reorder the gates, add the forget bias, and fold σ(a) = ½·tanh(½a) + ½'s inner ½ into the
     sigmoid gates' rows once, so one tanh covers all four gates each step and two in-place ops
     finish the sigmoids. The reordered, unscaled W is kept only for a backward pass."""
-    order = kernel_order(units)
-    half = numpy.ones((4 * units, 1), weights.dtype)
-    half[: SIGMOID_GATES * units] = 0.5
-    inputs = weights[order, : 1 + input_size]  # copies, C-contiguous
-    recurrent = weights[order, 1 + input_size :]
-    inputs[:units, 0] += forget_bias
-    inputs *= half
-    recurrent *= half
-    return Weights(weights[order] if keep_for_backward else None, inputs, recurrent)
+    inputs = numpy.empty((4 * units, 1 + input_size), weights.dtype)
+    recurrent = numpy.empty((4 * units, units), weights.dtype)
+    for k, block in enumerate(KERNEL_BLOCKS):  # one pass: each gate block copied and scaled at once
+        to, source = slice(k * units, (k + 1) * units), weights[block * units : (block + 1) * units]
+        scale = 0.5 if k < SIGMOID_GATES else 1.0
+        numpy.multiply(source[:, : 1 + input_size], scale, out=inputs[to])
+        numpy.multiply(source[:, 1 + input_size :], scale, out=recurrent[to])
+    inputs[:units, 0] += 0.5 * forget_bias  # exact: halving is
+    return Weights(weights[kernel_order(units)] if keep_for_backward else None, inputs, recurrent)
 
 
 def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=None, keep_for_backward=False):
@@ -150,7 +152,8 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     if len(blocks) == 1:
         outputs, c, h, rows_cache = _forward_rows(prepared, inputs, c0, h0, masks, valid, keep_for_backward)
         return outputs, c, h, ForwardCache(prepared.ordered, blocks, [rows_cache]) if keep_for_backward else None
-    outputs = empty((steps, batch, units), weights.dtype)
+    # [T, B, H] over feature-major memory, like each block's own outputs: copying a block in is no transposition
+    outputs = empty((steps, units, batch), weights.dtype).transpose(0, 2, 1)
     c, h = (numpy.empty((batch, units), weights.dtype) for _ in range(2))
 
     def work(_: int, rows: slice) -> RowsCache | None:  # each thread copies its rows into the results
