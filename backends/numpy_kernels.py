@@ -12,8 +12,8 @@ allocated once per call, and keep the weights in the layout the matmuls want:
   one in-place tanh activates all four gates;
 - the input projection of all steps is one matmul over rows [1, x_t], so the bias (and the
   forget bias) rides in the product as its first column instead of a pass of its own;
-- the backward pass forms every weight gradient, the bias's included, with one matmul after the
-  time loop, over rows [1, x_t, h_{t-1}] saved by the forward pass.
+- the backward pass forms every weight gradient with one matmul after the time loop,
+  over rows [x_t, h_{t-1}] saved by the forward pass (after the projection's ones).
 - the large buffers (the projection, the outputs, what the backward pass keeps, the gate
   gradients) come from `backends.workspace`, which reuses memory from earlier calls: fresh
   pages would cost a page fault each on first write, as much as the arithmetic at medium sizes.
@@ -340,7 +340,10 @@ def _backward_rows(cache: RowsCache, recurrent_weights_t, input_weights, d_outpu
 
     rows = steps * batch
     flat_d_gates = d_gates.reshape(4 * units, rows)
-    d_weights = flat_d_gates @ cache.inputs_and_h.reshape(rows, width)  # the bias's gradient is its first column
+    d_weights = numpy.empty((4 * units, width), dtype)
+    d_weights[:, 0] = flat_d_gates.sum(axis=1)
+    # the rows' first column is the ones of the input projection: the bias's gradient is the sum above
+    numpy.matmul(flat_d_gates, cache.inputs_and_h[:, :, 1:].reshape(rows, width - 1), out=d_weights[:, 1:])
     d_inputs = empty((rows, input_size), dtype)
     numpy.matmul(flat_d_gates.T, input_weights, out=d_inputs)
     return d_weights, d_inputs.reshape(steps, batch, input_size), numpy.ascontiguousarray(d_c.T), numpy.ascontiguousarray(d_h.T)
