@@ -10,9 +10,10 @@ allocated once per call, and keep the weights in the layout the matmuls want:
 - the gate rows are reordered once to f, i, o, c so the three sigmoid gates are one
   contiguous block; with σ(x) = ½·tanh(½x) + ½ and the inner ½ folded into the weights,
   one in-place tanh activates all four gates;
-- the input projection of all steps is one matmul, with the bias and forget bias added once;
+- the input projection of all steps is one matmul over rows [1, x_t], so the bias (and the
+  forget bias) rides in the product as its first column instead of a pass of its own;
 - the backward pass forms every weight gradient with one matmul after the time loop,
-  over rows [x_t, h_{t-1}] saved by the forward pass.
+  over rows [x_t, h_{t-1}] saved by the forward pass (after the projection's ones).
 - the large buffers (the projection, the outputs, what the backward pass keeps, the gate
   gradients) come from `backends.workspace`, which reuses memory from earlier calls: fresh
   pages would cost a page fault each on first write, as much as the arithmetic at medium sizes.
@@ -48,25 +49,26 @@ SIGMOID_GATES = 3  # f, i, o come first in the kernels' gate order; the candidat
 MIN_BLOCK_CELLS = 4096
 
 
+KERNEL_BLOCKS = (0, 1, 3, 2)  # the kernels' gate k is xlstm's gate block KERNEL_BLOCKS[k]: f, i, o, c from f, i, c, o
+
+
 def kernel_order(units: int) -> numpy.ndarray:
     """Row indices taking xlstm's gate blocks f, i, c, o to the kernels' f, i, o, c."""
-    f, i, c, o = (numpy.arange(k * units, (k + 1) * units) for k in range(4))
-    return numpy.concatenate([f, i, o, c])
+    return numpy.concatenate([numpy.arange(block * units, (block + 1) * units) for block in KERNEL_BLOCKS])
 
 
 class Weights(NamedTuple):
     """The weights in the kernels' gate order f, i, o, c, and as the forward loop uses them."""
 
-    ordered: numpy.ndarray  # W rows reordered, [4H, 1 + I + H]: what the backward pass needs
-    inputs: numpy.ndarray  # input weights, sigmoid rows halved, [4H, I]
+    ordered: numpy.ndarray | None  # W rows reordered, [4H, 1 + I + H]: what the backward pass needs
+    inputs: numpy.ndarray  # bias plus forget bias, then input weights; sigmoid rows halved, [4H, 1 + I]
     recurrent: numpy.ndarray  # recurrent weights, sigmoid rows halved, contiguous [4H, H]
-    bias: numpy.ndarray  # bias plus forget bias, sigmoid rows halved, [4H, 1]
 
 
 class RowsCache(NamedTuple):
     """What the backward pass needs from one row block's forward loop (feature-major)."""
 
-    inputs_and_h: numpy.ndarray  # [T, b, I + H]: x_t and h_{t-1}, the rows of the weight gradient
+    inputs_and_h: numpy.ndarray  # [T, b, 1 + I + H]: 1, x_t and h_{t-1}, the rows of the weight gradient
     gates: numpy.ndarray  # activated f, i, o and tanh candidate, [T, 4H, b]
     cells: numpy.ndarray  # c_{t-1} for every step, then c_T: [T + 1, H, b]
     tanh_cells: numpy.ndarray  # tanh(c_t) [T, H, b]
@@ -125,17 +127,20 @@ def _step_views(gates, c, c_new, tanh_c, units: int) -> tuple:
             gates[sigmoids:], c, c_new, tanh_c)
 
 
-def _forward_weights(weights: numpy.ndarray, input_size: int, units: int, forget_bias: float) -> Weights:
+def _forward_weights(weights: numpy.ndarray, input_size: int, units: int, forget_bias: float,
+                     keep_for_backward: bool) -> Weights:
     """Reorder the gates, add the forget bias, and fold σ(a) = ½·tanh(½a) + ½'s inner ½ into the
     sigmoid gates' rows once, so one tanh covers all four gates each step and two in-place ops
-    finish the sigmoids."""
-    w = weights[kernel_order(units)]
-    half = numpy.ones((4 * units, 1), weights.dtype)
-    half[: SIGMOID_GATES * units] = 0.5
-    bias = w[:, :1].copy()
-    bias[:units] += forget_bias
-    return Weights(w, w[:, 1 : 1 + input_size] * half, numpy.ascontiguousarray(w[:, 1 + input_size :] * half),
-                   bias * half)
+    finish the sigmoids. The reordered, unscaled W is kept only for a backward pass."""
+    inputs = numpy.empty((4 * units, 1 + input_size), weights.dtype)
+    recurrent = numpy.empty((4 * units, units), weights.dtype)
+    for k, block in enumerate(KERNEL_BLOCKS):  # one pass: each gate block copied and scaled at once
+        to, source = slice(k * units, (k + 1) * units), weights[block * units : (block + 1) * units]
+        scale = 0.5 if k < SIGMOID_GATES else 1.0
+        numpy.multiply(source[:, : 1 + input_size], scale, out=inputs[to])
+        numpy.multiply(source[:, 1 + input_size :], scale, out=recurrent[to])
+    inputs[:units, 0] += 0.5 * forget_bias  # exact: halving is
+    return Weights(weights[kernel_order(units)] if keep_for_backward else None, inputs, recurrent)
 
 
 def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=None, keep_for_backward=False):
@@ -144,7 +149,7 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     Returns (outputs [T, B, H], c_T, h_T, cache or None). Without `keep_for_backward` the
     loop allocates nothing per step: O(B·H) buffers are reused across steps.
     """
-    prepared = _forward_weights(weights, inputs.shape[2], c0.shape[1], forget_bias)
+    prepared = _forward_weights(weights, inputs.shape[2], c0.shape[1], forget_bias, keep_for_backward)
     min_rows = -(-MIN_BLOCK_CELLS // c0.shape[1])
     outputs, c, h, blocks, caches = forward_on_row_blocks(functools.partial(_forward_rows, prepared), inputs, c0, h0,
                                                           masks, valid, keep_for_backward, min_rows)
@@ -164,7 +169,8 @@ def forward_on_row_blocks(forward_rows: Callable, inputs: Array, c0: Array, h0: 
     if len(blocks) == 1:
         outputs, c, h, rows_cache = forward_rows(inputs, c0, h0, masks, valid, keep_for_backward)
         return outputs, c, h, blocks, [rows_cache]
-    outputs = empty((steps, batch, units), c0.dtype)
+    # [T, B, H] over feature-major memory, like each block's own outputs: copying a block in is no transposition
+    outputs = empty((steps, units, batch), c0.dtype).transpose(0, 2, 1)
     c, h = (numpy.empty((batch, units), c0.dtype) for _ in range(2))
 
     def work(_: int, rows: slice) -> Any:  # each thread copies its rows into the results
@@ -179,11 +185,16 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
     """`lstm_forward`'s loop over one block of batch rows: (outputs, c_T, h_T, RowsCache or None)."""
     steps, batch, input_size = inputs.shape
     units = c0.shape[1]
-    dtype = weights.ordered.dtype
-    # All steps' input projections at once: [4H, I] · [I, T·B]; step t is columns t·B … t·B + B.
+    dtype = weights.inputs.dtype
+    # Rows [1, x_t] (and h_{t-1}, filled in for a backward pass, whose weight gradient they are);
+    # all steps' input projections, bias included, at once: [4H, 1 + I] · [1 + I, T·B], step t in
+    # columns t·B … t·B + B.
+    inputs_and_h = empty((steps, batch, 1 + input_size + (units if keep_for_backward else 0)), dtype)
+    inputs_and_h[:, :, 0] = 1.0
+    inputs_and_h[:, :, 1 : 1 + input_size] = inputs
     projected = empty((4 * units, steps * batch), dtype)
-    numpy.matmul(weights.inputs, inputs.reshape(steps * batch, input_size).T, out=projected)
-    projected += weights.bias
+    numpy.matmul(weights.inputs, inputs_and_h[:, :, : 1 + input_size].reshape(steps * batch, 1 + input_size).T,
+                 out=projected)
     recurrent_weights = weights.recurrent
     masks, valid = feature_major(masks), feature_major(valid)
 
@@ -192,8 +203,6 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
         gates = empty((steps, 4 * units, batch), dtype)
         cells = empty((steps + 1, units, batch), dtype)
         tanh_cells = empty((steps, units, batch), dtype)
-        inputs_and_h = empty((steps, batch, input_size + units), dtype)
-        inputs_and_h[:, :, :input_size] = inputs
         views = (_step_views(gates[t], cells[t], cells[t + 1], tanh_cells[t], units) for t in range(steps))
     else:  # one step's buffers, reused; the previous and the new c swap roles every step
         gates = numpy.empty((4 * units, batch), dtype)
@@ -217,7 +226,7 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
         multiply(sigmoids, 0.5, out=sigmoids)
         sigmoids += 0.5
         if carried_h_per_step:
-            inputs_and_h[t, :, input_size:] = h.T
+            inputs_and_h[t, :, 1 + input_size :] = h.T
         cell_update(f, i, g, None if masks is None else masks[t], c, c_new, scratch)
         tanh(c_new, out=tanh_c)
         h_new = outputs[t]
@@ -225,8 +234,8 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
         h = carry_state(None if valid is None else valid[t], c, c_new, h, h_new)
     c = cells[steps] if keep_for_backward else cells[steps % 2]
     if keep_for_backward and not carried_h_per_step and steps:
-        inputs_and_h[0, :, input_size:] = h0
-        inputs_and_h[1:, :, input_size:] = outputs[:-1].transpose(0, 2, 1)
+        inputs_and_h[0, :, 1 + input_size :] = h0
+        inputs_and_h[1:, :, 1 + input_size :] = outputs[:-1].transpose(0, 2, 1)
     cache = None
     if keep_for_backward:
         cache = RowsCache(inputs_and_h, gates, cells, tanh_cells, masks, valid)
@@ -329,7 +338,8 @@ def _backward_rows(cache: RowsCache, d_outputs, d_c, d_h, *, recurrent_weights_t
         gate_gradients(d_c_step, c_prev, f, i, g, mask, slope_f, slope_i, d_f, d_i, d_g, scratch)
         d_gates[:, t, :] = step_d_gates
         previous_state_gradients(d_c_step, f, valid_t, recurrent_weights_t, step_d_gates, d_c, d_h, scratch)
-    d_weights, d_inputs = weight_and_input_gradients(d_gates, cache.inputs_and_h, input_weights, bias=True)
+    # the rows' first column is the input projection's ones: the bias's gradient is the gradients' sum
+    d_weights, d_inputs = weight_and_input_gradients(d_gates, cache.inputs_and_h[:, :, 1:], input_weights, bias=True)
     return (d_weights,), d_inputs, numpy.ascontiguousarray(d_c.T), numpy.ascontiguousarray(d_h.T)
 
 

@@ -206,3 +206,35 @@ def test_kernel_choice_follows_the_environment(monkeypatch):
         monkeypatch.setenv(numpy_backend.KERNELS_VARIABLE, "numba")
         with pytest.raises(ValueError, match="not installed: pip install 'xlstm-array\\[fast\\]'"):
             NumpyLibrary().lstm_kernels()
+
+
+def test_numpy_kernels_forward_weights_fold_bias_forget_bias_and_halves_into_the_gate_blocks():
+    """The one-pass weight preparation against its definition: rows reordered to f, i, o, c, the forget
+    bias added, the sigmoid rows halved; the bias is the input projection's first column (its rows
+    are [1, x_t]); the unscaled reordered W only when a backward pass will need it."""
+    units, input_size = 3, 2
+    weights = np.random.default_rng(1).normal(size=(4 * units, 1 + input_size + units))
+    prepared = numpy_kernels._forward_weights(weights, input_size, units, 0.7, keep_for_backward=False)
+    ordered = weights[numpy_kernels.kernel_order(units)]
+    expected = ordered.copy()
+    expected[:units, 0] += 0.7
+    expected[: numpy_kernels.SIGMOID_GATES * units] *= 0.5
+    np.testing.assert_array_equal(prepared.inputs, expected[:, : 1 + input_size])
+    np.testing.assert_array_equal(prepared.recurrent, expected[:, 1 + input_size :])
+    assert prepared.ordered is None and prepared.recurrent.flags.c_contiguous
+    kept = numpy_kernels._forward_weights(weights, input_size, units, 0.7, keep_for_backward=True)
+    np.testing.assert_array_equal(kept.ordered, ordered)
+
+
+def test_numpy_kernels_row_blocks_outputs_are_feature_major_memory(monkeypatch):
+    """Row blocks copy their [T, H, b] outputs into [T, H, B] memory (no transposing copy); the result
+    is the same [T, B, H] array as one block's."""
+    rng = np.random.default_rng(2)
+    weights, inputs, c0 = rng.normal(size=(8, 6)), rng.normal(size=(4, 7, 3)), rng.normal(size=(7, 2))
+    monkeypatch.setenv(row_threads.THREADS_VARIABLE, "1")
+    whole, *_ = numpy_kernels.lstm_forward(inputs, weights, c0, c0, 1.0)
+    monkeypatch.setenv(row_threads.THREADS_VARIABLE, "3")
+    monkeypatch.setattr(numpy_kernels, "MIN_BLOCK_CELLS", 1)
+    split, *_ = numpy_kernels.lstm_forward(inputs, weights, c0, c0, 1.0)
+    assert split.shape == (4, 7, 2) and split.transpose(0, 2, 1).flags.c_contiguous
+    np.testing.assert_allclose(split, whole, rtol=1e-14, atol=1e-14)
