@@ -5,6 +5,8 @@ from typing import Any
 
 import numpy
 
+GENERIC_CODE = "the generic array-API code"
+
 
 class Library:
     """Adapter for one array library; subclasses fill in the library-specific parts.
@@ -79,3 +81,11 @@ class Library:
         """A module with a fused `adam(param, grad, exp_avg, exp_avg_sq, ...)` over one flat buffer,
         or None (xlstm/optim.py's generic array-API update, the reference it must equal)."""
         return None
+
+    def kernel_paths(self) -> dict[str, str]:
+        """Which code runs each part that may have kernels of its own (what `backends` and `bench`
+        print): the kernel module's DESCRIPTION, or the generic array-API code."""
+        modules = {"LSTM": self.lstm_kernels(), "layer-norm LSTM": self.lstm_layer_norm_kernels(),
+                   "softmax cross-entropy": self.loss_kernels(), "optimizers": self.optimizer_kernels()}
+        return {part: GENERIC_CODE if module is None else getattr(module, "DESCRIPTION", "the library's kernels")
+                for part, module in modules.items()}

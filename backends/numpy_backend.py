@@ -23,12 +23,10 @@ class NumpyLibrary(Library):
     def description(self) -> str:
         """What the backend is and which kernels it runs (`python -m xlstm backends` prints it)."""
         try:
-            paths = {"LSTM": self.lstm_kernels(), "layer-norm LSTM": self.lstm_layer_norm_kernels(),
-                     "softmax cross-entropy": self.loss_kernels(), "optimizers": self.optimizer_kernels()}
+            paths = self.kernel_paths()
         except ValueError as error:  # a bad XLSTM_KERNELS: say so here too
             return f"NumPy via array-api-compat (CPU); LSTM: {error}"
-        named = "; ".join(f"{part}: {'the generic array-API code' if module is None else module.DESCRIPTION}"
-                          for part, module in paths.items())
+        named = "; ".join(f"{part}: {path}" for part, path in paths.items())
         scatter = "a compiled loop" if kernel_choice() == "numba" else "sort + add.reduceat"
         return f"NumPy via array-api-compat (CPU); {named}; embedding gradient: {scatter}"
 

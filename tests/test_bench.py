@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from xlstm_backends import torch_reference
+from xlstm_backends import get_backend, torch_reference
 from xlstm_backends.row_threads import THREADS_VARIABLE
 from xlstm import bench
 
@@ -223,6 +223,10 @@ def test_charlm_task_runs_alternating_with_the_spread_of_the_ratio():
     text = "\n".join(lines)
     assert text == bench.format_table(results)
     assert "main job: one training step of the CharLM" in text and "median of 2 alternating runs" in text
+    library = get_backend("numpy").library  # which code ran each part of the step, as `backends` says
+    assert charlm["paths"]["softmax cross-entropy"] in library.description
+    assert f"softmax cross-entropy: {charlm['paths']['softmax cross-entropy']}" in text
+    assert f"optimizers: {charlm['paths']['optimizers']}" in text
     if TORCH_REASON is None:
         assert charlm["ratio"] == pytest.approx([a / b for a, b in zip(charlm["xlstm"], charlm["torch"])])
         ratio_line = next(line for line in lines if line.strip().startswith("xlstm/torch"))

@@ -81,7 +81,8 @@ def measure_charlm(backend: Any, threads: int, runs: int, repeats: int | None,
     process or (`isolated`) each side in a fresh process of its own every run, which gets
     `backend`'s name and the user's `device` spec (None: the backend's default).
 
-    Returns {"tokens_per_step", "isolated", "xlstm": [tokens/s per run], "torch": [...] or None,
+    Returns {"tokens_per_step", "isolated", "paths" (which code runs each part of xlstm's step),
+    "xlstm": [tokens/s per run], "torch": [...] or None,
     "ratio": [xlstm/torch throughput per run] or None, "torch_reason"}.
     """
     reason = torch_reference.unavailable_reason()
@@ -101,7 +102,8 @@ def measure_charlm(backend: Any, threads: int, runs: int, repeats: int | None,
         def theirs() -> float:
             return tokens_per_second(torch_step, lambda: None, repeats, min_seconds)
     with_torch = reason is None
-    result: dict[str, Any] = {"tokens_per_step": TOKENS_PER_STEP, "isolated": isolated, "xlstm": [],
+    result: dict[str, Any] = {"tokens_per_step": TOKENS_PER_STEP, "isolated": isolated,
+                              "paths": backend.library.kernel_paths(), "xlstm": [],
                               "torch": [] if with_torch else None, "ratio": [] if with_torch else None,
                               "torch_reason": reason}
     for _ in range(runs):
@@ -146,7 +148,9 @@ def format_charlm(result: dict[str, Any]) -> list[str]:
     lines = [f"main job: one training step of the CharLM (embedding {config['embedding_size']} → "
              f"LSTM({config['hidden_size']}) → dense {config['vocab_size']}, softmax cross-entropy, clip "
              f"{config['clip_norm']:g}, Adam {config['learning_rate']:g}; batch {config['batch']}, "
-             f"window {config['window']}), float32, {where}{over}"]
+             f"window {config['window']}), float32, {where}{over}",
+             "  paths            " + "; ".join(f"{part}: {path}" for part, path in result["paths"].items()
+                                             if part != "layer-norm LSTM")]
 
     def figure(name: str, values: list[float] | None, unit: str, digits: str) -> str:
         if values is None:
