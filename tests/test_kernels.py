@@ -116,6 +116,39 @@ def test_compiled_kernels_split_over_row_blocks_equal_generic_code(threads, dtyp
         np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
 
 
+@pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
+@settings(max_examples=25, deadline=None)
+@given(case=cases(batch=st.integers(1, 7)))
+def test_compiled_backward_with_the_blas_product_equals_generic_code(case):
+    """The backward loop's other per-step product (OpenBLAS, for W_h too big for the hand-written
+    one): float64 within 1e-12 of the generic code."""
+    from xlstm_backends import numba_kernels
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(numba_kernels, "HAND_PRODUCT_MAX_BYTES", -1)
+        fused, generic = _run_both(monkeypatch, case, "float64", "numba")
+    for name in fused:
+        np.testing.assert_allclose(fused[name], generic[name], atol=1e-12, rtol=1e-12, err_msg=name)
+
+
+@pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 9), depth=st.integers(1, 40), width=st.integers(1, 13), seed=st.integers(0, 2**31))
+def test_hand_written_product_equals_numpy_dot(dtype, tolerance, rows, depth, width, seed):
+    """`_product` (4 × 4 tiles and the odd rows and columns around them) against numpy.dot,
+    from one row or column up, sizes not multiples of the tile."""
+    from xlstm_backends import numba_kernels
+
+    rng = np.random.default_rng(seed)
+    x, w = rng.normal(size=(rows, depth)).astype(dtype), rng.normal(size=(width, depth)).astype(dtype)
+    out = np.full((rows, width), np.nan, dtype)
+    numba_kernels._product(x, w, out)
+    np.testing.assert_allclose(out, np.dot(x.astype(np.float64), w.T.astype(np.float64)),
+                               atol=tolerance * depth, rtol=tolerance)
+    assert out.dtype == dtype
+
+
 def test_numpy_kernels_cut_the_batch_into_row_blocks_of_min_block_cells(monkeypatch):
     """Blocks of at least MIN_BLOCK_CELLS rows × units, at most XLSTM_THREADS of them; a batch too
     small stays whole."""
