@@ -61,10 +61,11 @@ def _blas_threads(blocks: list[tuple[int, int]], units: int):
 
 JIT = {"error_model": "numpy", "nogil": True, "cache": True, "fastmath": {"contract", "arcp", "nsz"}}
 # The backward loop's per-step product [rows, 4H]·W_h on the compiled side (`_product`) instead of
-# OpenBLAS when W_h fits in half a core's L2 (2 MB here): main job's backward loop (H = 192) 4.7 → 3.8 ms
-# on two threads, medium (H = 256) 14.1 → 12.4 ms; at H = 512 (4 MB) it streams W_h from L3 once per
-# four rows and took 1.5× BLAS's time (README, h-nb).
-HAND_PRODUCT_MAX_BYTES = 1 << 20
+# OpenBLAS for blocks of at most 16 rows when W_h fits in half a core's L2 (2 MB here): main job's
+# backward loop (H = 192, 2 × 16 rows) 4.7 → 3.8 ms, medium (H = 256) 14.1 → 12.4 ms; with 32-row blocks
+# at H = 256 it took 1.04-1.1× BLAS's time (OpenBLAS's packing pays off over more rows), and at H = 512
+# (W_h 4 MB) 1.5×: it streams W_h from L3 once per four rows (README, h-nb).
+HAND_PRODUCT_MAX_BYTES, HAND_PRODUCT_MAX_ROWS = 1 << 20, 16
 
 # Eigen's float tanh: x·P(x²)/Q(x²), clamped where tanh rounds to ±1 in float32.
 TANH_CLAMP = 7.90531110763549805
@@ -310,7 +311,8 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     d_outputs, d_c, d_h, d_gates, recurrent_t = backward_buffers(cache.weights, input_size, units, steps, d_outputs,
                                                                  d_c, d_h)
     blocks = _row_blocks(batch, units)
-    hand = recurrent_t.nbytes <= HAND_PRODUCT_MAX_BYTES
+    hand = (recurrent_t.nbytes <= HAND_PRODUCT_MAX_BYTES
+            and max(stop - start for start, stop in blocks) <= HAND_PRODUCT_MAX_ROWS)
     with _blas_threads(blocks, units):
         run_on_row_blocks(lambda start, stop: _backward_loop(cache.gates, cache.cells, cache.tanh_cells, cache.masks,
                                                              cache.valid, recurrent_t, d_outputs, d_c, d_h, d_gates,
