@@ -16,14 +16,17 @@ so the float64 numbers equal the generic array-API code's to rounding. Same inte
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
+import llvmlite.binding
 import numba
 import numpy
 import scipy.linalg.cython_blas  # noqa: F401 - the BLAS numba's np.dot calls: loaded before it is counted
-from numba.core import types
-from numba.extending import overload
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic, overload
 from threadpoolctl import ThreadpoolController
 
 from xlstm_backends.numpy_kernels import kernel_order
@@ -50,6 +53,11 @@ def _row_blocks(batch: int, units: int) -> list[tuple[int, int]]:
     return row_blocks(batch, max(MIN_ROWS, -(-MIN_ROW_UNITS // units)))
 
 
+def _hand_product(recurrent) -> bool:
+    """Whether the time loops' per-step products go to `_product` rather than OpenBLAS (by W_h's size)."""
+    return recurrent.nbytes <= HAND_PRODUCT_MAX_BYTES
+
+
 def _blas_threads(blocks: list[tuple[int, int]], units: int):
     """A context that keeps the BLAS to one thread inside the time loops when the batch is split
     over threads (they already fill the cores) or the per-step product is small; else to
@@ -60,12 +68,15 @@ def _blas_threads(blocks: list[tuple[int, int]], units: int):
 
 
 JIT = {"error_model": "numpy", "nogil": True, "cache": True, "fastmath": {"contract", "arcp", "nsz"}}
-# The backward loop's per-step product [rows, 4H]·W_h on the compiled side (`_product`) instead of
-# OpenBLAS for blocks of at most 16 rows when W_h fits in half a core's L2 (2 MB here): main job's
-# backward loop (H = 192, 2 × 16 rows) 4.7 → 3.8 ms, medium (H = 256) 14.1 → 12.4 ms; with 32-row blocks
-# at H = 256 it took 1.04-1.1× BLAS's time (OpenBLAS's packing pays off over more rows), and at H = 512
-# (W_h 4 MB) 1.5×: it streams W_h from L3 once per four rows (README, h-nb).
-HAND_PRODUCT_MAX_BYTES, HAND_PRODUCT_MAX_ROWS = 1 << 20, 16
+# The per-step recurrent products run as `_product` (hand-written, W_h read in place: no packing, no
+# transposes, no temporaries) rather than OpenBLAS when W_h is at most 1 MiB, half a core's L2 here:
+# main job's LSTM (H = 192) forward 6.7 → 5.2 ms, backward 10.7 → 8.5; medium (H = 256) 18.7 → 15.7 and
+# 32.7 → 26.7; large (H = 512, W_h 4 MB) slower, 120 → 174 and 222 → 276 (README, h-nb). Its tiles are
+# TILE_ROWS batch rows by TILE_VECTORS vectors of VECTOR_BITS: 512 where the CPU has AVX-512 (numba's
+# own loops stay at 256 bits), 8 × 2 zmm accumulators (4 × 2: 1.45× the time; 4 × 4: 1.25× forward).
+HAND_PRODUCT_MAX_BYTES = 1 << 20
+VECTOR_BITS = 512 if llvmlite.binding.get_host_cpu_features().get("avx512f", False) else 256
+TILE_ROWS, TILE_VECTORS = 8, 2
 
 # Eigen's float tanh: x·P(x²)/Q(x²), clamped where tanh rounds to ±1 in float32.
 TANH_CLAMP = 7.90531110763549805
@@ -97,60 +108,87 @@ def _tanh_for(x):
     return lambda x: math.tanh(x)
 
 
-@numba.njit(**(JIT | {"fastmath": JIT["fastmath"] | {"reassoc"}}))
+def _tile_of(rows: int):
+    """An intrinsic tile(x, w, out, b, n): out[b : b + rows, n : n + TILE_VECTORS·lanes] = x[b : b + rows]·w[:, n : ...],
+    x [R, K], w [K, N], out [R, N] with contiguous rows. Its accumulators are vector registers (LLVM
+    vector types and fma), which numba's own vectoriser does not produce for this loop nest."""
+
+    @intrinsic
+    def tile(typingctx, x, w, out, b, n):
+        dtype = x.dtype
+        lanes = VECTOR_BITS // dtype.bitwidth
+
+        def codegen(context, builder, signature, args):
+            x_ary, w_ary, out_ary = (context.make_array(kind)(context, builder, value)
+                                     for kind, value in zip(signature.args[:3], args[:3]))
+            intp = context.get_value_type(types.intp)
+            scalar = context.get_value_type(dtype)
+            vector = ir.VectorType(scalar, lanes)
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                                 f"llvm.fma.v{lanes}f{dtype.bitwidth}")
+            size = ir.Constant(intp, dtype.bitwidth // 8)
+            x_step, w_step, out_step = (builder.sdiv(cgutils.unpack_tuple(builder, ary.strides, 2)[0], size)
+                                        for ary in (x_ary, w_ary, out_ary))
+            depth = cgutils.unpack_tuple(builder, x_ary.shape, 2)[1]
+            at = lambda base, *offsets: builder.gep(base, [functools.reduce(builder.add, offsets)])  # noqa: E731
+            as_vector = lambda pointer: builder.bitcast(pointer, vector.as_pointer())  # noqa: E731
+            row_of = lambda r: builder.mul(builder.add(args[3], ir.Constant(intp, r)), x_step)  # noqa: E731
+            columns = [builder.add(args[4], ir.Constant(intp, v * lanes)) for v in range(TILE_VECTORS)]
+            sums = [[cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in columns] for _ in range(rows)]
+            undefined, first = ir.Constant(vector, ir.Undefined), ir.Constant(ir.IntType(32), 0)
+            broadcast = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+            x_rows = [at(x_ary.data, row_of(r)) for r in range(rows)]
+            with cgutils.for_range(builder, depth) as loop:
+                w_row = builder.mul(loop.index, w_step)
+                ws = [builder.load(as_vector(at(w_ary.data, w_row, column)), align=1) for column in columns]
+                for r in range(rows):
+                    value = builder.load(at(x_rows[r], loop.index))
+                    xs = builder.shuffle_vector(builder.insert_element(undefined, value, first), undefined, broadcast)
+                    for v, w_vector in enumerate(ws):
+                        builder.store(builder.call(fma, [xs, w_vector, builder.load(sums[r][v])]), sums[r][v])
+            for r in range(rows):
+                out_row = builder.mul(builder.add(args[3], ir.Constant(intp, r)), out_step)
+                for v, column in enumerate(columns):
+                    builder.store(builder.load(sums[r][v]), as_vector(at(out_ary.data, out_row, column)), align=1)
+            return context.get_dummy_value()
+
+        return types.void(x, w, out, types.intp, types.intp), codegen
+
+    return tile
+
+
+_tile_rows, _tile_row = _tile_of(TILE_ROWS), _tile_of(1)
+
+
+@numba.njit(**JIT)
 def _product(x, w, out):
-    """out[b, n] = Σ_k x[b, k]·w[n, k], with no packing or temporaries: the per-step product of a
-    backward loop, whose rows and W_h stay in cache between steps. Sixteen dot products, 4 rows by
-    4 columns, share each pass over k (reassociated so that the compiler vectorises the sums);
-    edge rows and columns go one by one."""
+    """out = x·w for x [R, K], w [K, N], out [R, N] (rows contiguous): the per-step recurrent product,
+    with W_h read where it lies. Full tiles by `_tile_rows`, leftover rows by `_tile_row`, columns
+    past the last whole tile by a plain loop; every entry sums its K products in order from zero."""
     rows, depth = x.shape
-    width = w.shape[0]
-    full_rows, full_cols = rows - rows % 4, width - width % 4
-    for b in range(0, full_rows, 4):
-        x0, x1, x2, x3 = x[b], x[b + 1], x[b + 2], x[b + 3]
-        for n in range(0, full_cols, 4):
-            w0, w1, w2, w3 = w[n], w[n + 1], w[n + 2], w[n + 3]
-            s00, s01, s02, s03 = x0[0] * w0[0], x0[0] * w1[0], x0[0] * w2[0], x0[0] * w3[0]
-            s10, s11, s12, s13 = x1[0] * w0[0], x1[0] * w1[0], x1[0] * w2[0], x1[0] * w3[0]
-            s20, s21, s22, s23 = x2[0] * w0[0], x2[0] * w1[0], x2[0] * w2[0], x2[0] * w3[0]
-            s30, s31, s32, s33 = x3[0] * w0[0], x3[0] * w1[0], x3[0] * w2[0], x3[0] * w3[0]
-            for k in range(1, depth):  # starting from k = 0's products keeps the sums in the arrays' dtype
-                s00 += x0[k] * w0[k]
-                s01 += x0[k] * w1[k]
-                s02 += x0[k] * w2[k]
-                s03 += x0[k] * w3[k]
-                s10 += x1[k] * w0[k]
-                s11 += x1[k] * w1[k]
-                s12 += x1[k] * w2[k]
-                s13 += x1[k] * w3[k]
-                s20 += x2[k] * w0[k]
-                s21 += x2[k] * w1[k]
-                s22 += x2[k] * w2[k]
-                s23 += x2[k] * w3[k]
-                s30 += x3[k] * w0[k]
-                s31 += x3[k] * w1[k]
-                s32 += x3[k] * w2[k]
-                s33 += x3[k] * w3[k]
-            out[b, n], out[b, n + 1], out[b, n + 2], out[b, n + 3] = s00, s01, s02, s03
-            out[b + 1, n], out[b + 1, n + 1], out[b + 1, n + 2], out[b + 1, n + 3] = s10, s11, s12, s13
-            out[b + 2, n], out[b + 2, n + 1], out[b + 2, n + 2], out[b + 2, n + 3] = s20, s21, s22, s23
-            out[b + 3, n], out[b + 3, n + 1], out[b + 3, n + 2], out[b + 3, n + 3] = s30, s31, s32, s33
-    for b in range(rows):
-        xb = x[b]
-        for n in range(0 if b >= full_rows else full_cols, width):
-            wn = w[n]
-            total = xb[0] * wn[0]
-            for k in range(1, depth):
-                total += xb[k] * wn[k]
-            out[b, n] = total
+    width = w.shape[1]
+    columns = TILE_VECTORS * VECTOR_BITS // (8 * x.itemsize)
+    full_rows, full_cols = rows - rows % TILE_ROWS, width - width % columns
+    for n in range(0, full_cols, columns):
+        for b in range(0, full_rows, TILE_ROWS):
+            _tile_rows(x, w, out, b, n)
+        for b in range(full_rows, rows):
+            _tile_row(x, w, out, b, n)
+    for b in range(rows if full_cols < width else 0):
+        rest = out[b, full_cols:]
+        rest[:] = 0
+        for k in range(depth):
+            value, w_rest = x[b, k], w[k, full_cols:]
+            for n in range(rest.size):
+                rest[n] += value * w_rest[n]
 
 
 @numba.njit(**JIT)
 def _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h, keep,
-                  one, start, stop):
+                  hand, one, start, stop):
     """Run every step in place for the batch rows [start, stop) (rows never meet, so blocks of
-    rows can run on separate threads). projected [T, B, 4H] (inputs·Wxᵀ + bias), recurrent W_h
-    [4H, H]; c, h [B, H] the state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B].
+    rows can run on separate threads). projected [T, B, 4H] (inputs·Wxᵀ + bias); recurrent W_h
+    [4H, H] for OpenBLAS, or W_hᵀ [H, 4H] with `hand` (the product by `_product`); c, h [B, H] the state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B].
     With `keep` every step's values are kept for the backward pass (gates, cells, tanh_cells
     and carried_h have T or T + 1 entries); without it gates and tanh_cells have one, reused.
 
@@ -162,13 +200,16 @@ def _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cell
     sigmoids = 3 * units
     half, zero = one / (one + one), one - one  # constants in the arrays' dtype (a literal would be float64)
     no_mask = numpy.ones(units, projected.dtype)
-    h_t = numpy.empty((units, stop - start), projected.dtype)
+    h_t = numpy.empty((0 if hand else units, stop - start), projected.dtype)
     a = numpy.empty((stop - start, four_units), projected.dtype)
     for t in range(steps):
-        # W_h·h_{t-1}ᵀ, then transposed: OpenBLAS runs this orientation faster than h_{t-1}·W_hᵀ
-        # (1.04× at B = 32, H = 192; 1.34× at H = 256), the two small copies included.
-        h_t[:] = h[start:stop].T
-        a[:] = numpy.dot(recurrent, h_t).T
+        if hand:
+            _product(h[start:stop], recurrent, a)
+        else:
+            # W_h·h_{t-1}ᵀ, then transposed: OpenBLAS runs this orientation faster than h_{t-1}·W_hᵀ
+            # (1.04× at B = 32, H = 192; 1.34× at H = 256), the two small copies included.
+            h_t[:] = h[start:stop].T
+            a[:] = numpy.dot(recurrent, h_t).T
         slot = t if keep else 0
         if keep:
             carried_h[t, start:stop] = h[start:stop]
@@ -198,11 +239,11 @@ def _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cell
 
 
 @numba.njit(**JIT)
-def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent_t, d_outputs, d_c, d_h, d_gates, one, hand,
+def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, d_outputs, d_c, d_h, d_gates, one, hand,
                    start, stop):
     """Walk the steps backwards in place for the batch rows [start, stop): d_c, d_h [B, H]
     become the initial state's gradients and d_gates [T, B, 4H] every step's pre-activation
-    gradients. `hand`: the recurrent product by `_product` rather than BLAS."""
+    gradients. recurrent: W_hᵀ [H, 4H] for OpenBLAS, or W_h [4H, H] with `hand` (`_product`)."""
     steps, batch, four_units = gates.shape
     units = four_units // 4
     no_mask = numpy.ones(units, gates.dtype)
@@ -229,10 +270,10 @@ def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent_t, d_output
                 d_g[j] = dc * i[j] * mask[j] * (one - g[j] * g[j])
                 dcb[j] = dc * f[j]
         if hand:
-            _product(d_gates[t, start:stop], recurrent_t, d_h_prev)
+            _product(d_gates[t, start:stop], recurrent, d_h_prev)
         else:
             d_gates_t[:] = d_gates[t, start:stop].T  # W_hᵀ·d_gatesᵀ: the faster orientation, as in the forward loop
-            d_h_prev[:] = numpy.dot(recurrent_t, d_gates_t).T
+            d_h_prev[:] = numpy.dot(recurrent, d_gates_t).T
         for b in range(start, stop):
             if alive[b]:
                 d_h[b] = d_h_prev[b - start]
@@ -278,9 +319,12 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     cells = empty((steps + 1 if keep_for_backward else 0, batch, units), dtype)
     carried_h = empty((steps if keep_for_backward else 0, batch, units), dtype)
     blocks = _row_blocks(batch, units)
+    hand = _hand_product(recurrent)
+    if hand:
+        recurrent = numpy.ascontiguousarray(recurrent.T)
     with _blas_threads(blocks, units):
         run_on_row_blocks(lambda start, stop: _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates,
-                                                            cells, tanh_cells, carried_h, keep_for_backward,
+                                                            cells, tanh_cells, carried_h, keep_for_backward, hand,
                                                             dtype.type(1.0), start, stop), blocks)
     cache = ForwardCache(w, inputs, carried_h, gates, cells, tanh_cells, masks, valid) if keep_for_backward else None
     return outputs, c, h, cache
@@ -311,11 +355,11 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     d_outputs, d_c, d_h, d_gates, recurrent_t = backward_buffers(cache.weights, input_size, units, steps, d_outputs,
                                                                  d_c, d_h)
     blocks = _row_blocks(batch, units)
-    hand = (recurrent_t.nbytes <= HAND_PRODUCT_MAX_BYTES
-            and max(stop - start for start, stop in blocks) <= HAND_PRODUCT_MAX_ROWS)
+    hand = _hand_product(recurrent_t)
+    recurrent = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :]) if hand else recurrent_t
     with _blas_threads(blocks, units):
         run_on_row_blocks(lambda start, stop: _backward_loop(cache.gates, cache.cells, cache.tanh_cells, cache.masks,
-                                                             cache.valid, recurrent_t, d_outputs, d_c, d_h, d_gates,
+                                                             cache.valid, recurrent, d_outputs, d_c, d_h, d_gates,
                                                              dtype.type(1.0), hand, start, stop), blocks)
     rows = steps * batch
     flat_d_gates = d_gates.reshape(rows, 4 * units)
