@@ -4,8 +4,9 @@ The NumPy kernels pay for every step in calls: about thirty ufunc passes and cop
 [H, B] arrays in the backward step, each a trip through the interpreter, and NumPy's
 float32 tanh on a CPU without AVX-512 runs scalar at ~3 ns an element, a third of a step
 at the default model's size. Here each direction of the whole sequence is one compiled
-call: per step one BLAS product (`np.dot`, the recurrent term) and one fused loop over
-[B, H] that does the whole step's pointwise work. Everything is batch-major: gates
+call: per step one product (the recurrent term: a hand-written kernel in 512-bit vectors,
+`_product`, or OpenBLAS for a W_h too big for it) and one fused loop over [B, H] that does the
+whole step's pointwise work. Everything is batch-major: gates
 [B, 4H] in the order f, i, o, c, states [B, H]. Batch rows never meet, so the batch is cut into
 row blocks and each runs the whole loop on a thread of its own (`row_threads`, XLSTM_THREADS).
 
@@ -68,13 +69,14 @@ def _blas_threads(blocks: list[tuple[int, int]], units: int):
 
 
 JIT = {"error_model": "numpy", "nogil": True, "cache": True, "fastmath": {"contract", "arcp", "nsz"}}
-# The per-step recurrent products run as `_product` (hand-written, W_h read in place: no packing, no
-# transposes, no temporaries) rather than OpenBLAS when W_h is at most 1 MiB, half a core's L2 here:
-# main job's LSTM (H = 192) forward 6.7 → 5.2 ms, backward 10.7 → 8.5; medium (H = 256) 18.7 → 15.7 and
-# 32.7 → 26.7; large (H = 512, W_h 4 MB) slower, 120 → 174 and 222 → 276 (README, h-nb). Its tiles are
-# TILE_ROWS batch rows by TILE_VECTORS vectors of VECTOR_BITS: 512 where the CPU has AVX-512 (numba's
-# own loops stay at 256 bits), 8 × 2 zmm accumulators (4 × 2: 1.45× the time; 4 × 4: 1.25× forward).
-HAND_PRODUCT_MAX_BYTES = 1 << 20
+# The per-step recurrent products run as `_product` (hand-written: W_h packed once per call, no
+# transposes or temporaries per step) rather than OpenBLAS when W_h is at most 4 MiB (H ≤ 512 in float32,
+# the largest measured; README h-nb), LSTM forward / backward on two threads, before → after: main job
+# (H = 192) 6.6 → 4.5 ms / 10.0 → 7.9; medium (H = 256) 18.7 → 13.0 / 32.4 → 26.1; large (H = 512) 116
+# → 115 / 218 → 212. Its tiles are TILE_ROWS batch rows by TILE_VECTORS vectors of VECTOR_BITS: 512
+# where the CPU has AVX-512 (numba's own loops stay at 256 bits), 8 × 2 zmm accumulators (4 × 2 took
+# 1.45× the time, 4 × 4 1.25× at the main job's forward product).
+HAND_PRODUCT_MAX_BYTES = 4 << 20
 VECTOR_BITS = 512 if llvmlite.binding.get_host_cpu_features().get("avx512f", False) else 256
 TILE_ROWS, TILE_VECTORS = 8, 2
 
@@ -109,9 +111,10 @@ def _tanh_for(x):
 
 
 def _tile_of(rows: int):
-    """An intrinsic tile(x, w, out, b, n): out[b : b + rows, n : n + TILE_VECTORS·lanes] = x[b : b + rows]·w[:, n : ...],
-    x [R, K], w [K, N], out [R, N] with contiguous rows. Its accumulators are vector registers (LLVM
-    vector types and fma), which numba's own vectoriser does not produce for this loop nest."""
+    """An intrinsic tile(x, w, out, b, n): out[b : b + rows, n : n + C] = x[b : b + rows]·w for x [R, K],
+    one packed chunk of columns w [K, C] (C = TILE_VECTORS·lanes), out [R, N], rows contiguous. Its
+    accumulators are vector registers (LLVM vector types and fma), which numba's own vectoriser does
+    not produce for this loop nest."""
 
     @intrinsic
     def tile(typingctx, x, w, out, b, n):
@@ -133,8 +136,9 @@ def _tile_of(rows: int):
             at = lambda base, *offsets: builder.gep(base, [functools.reduce(builder.add, offsets)])  # noqa: E731
             as_vector = lambda pointer: builder.bitcast(pointer, vector.as_pointer())  # noqa: E731
             row_of = lambda r: builder.mul(builder.add(args[3], ir.Constant(intp, r)), x_step)  # noqa: E731
-            columns = [builder.add(args[4], ir.Constant(intp, v * lanes)) for v in range(TILE_VECTORS)]
-            sums = [[cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in columns] for _ in range(rows)]
+            columns = [ir.Constant(intp, v * lanes) for v in range(TILE_VECTORS)]
+            zero = ir.Constant(vector, None)
+            sums = [[cgutils.alloca_once_value(builder, zero) for _ in columns] for _ in range(rows)]
             undefined, first = ir.Constant(vector, ir.Undefined), ir.Constant(ir.IntType(32), 0)
             broadcast = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
             x_rows = [at(x_ary.data, row_of(r)) for r in range(rows)]
@@ -149,7 +153,8 @@ def _tile_of(rows: int):
             for r in range(rows):
                 out_row = builder.mul(builder.add(args[3], ir.Constant(intp, r)), out_step)
                 for v, column in enumerate(columns):
-                    builder.store(builder.load(sums[r][v]), as_vector(at(out_ary.data, out_row, column)), align=1)
+                    builder.store(builder.load(sums[r][v]), as_vector(at(out_ary.data, out_row, args[4], column)),
+                                  align=1)
             return context.get_dummy_value()
 
         return types.void(x, w, out, types.intp, types.intp), codegen
@@ -160,20 +165,31 @@ def _tile_of(rows: int):
 _tile_rows, _tile_row = _tile_of(TILE_ROWS), _tile_of(1)
 
 
+def packed_columns(w):
+    """w [K, N] as [N // C, K, C]: whole chunks of C = TILE_VECTORS vectors' columns, each contiguous,
+    so that a tile's pass over k reads consecutive lines (in W_h's own rows of 4H = 2048 floats, the
+    32 columns' lines lie 8 KB apart and all land in the same cache sets)."""
+    depth, width = w.shape
+    columns = TILE_VECTORS * VECTOR_BITS // (8 * w.itemsize)
+    chunks = width // columns
+    return numpy.ascontiguousarray(w[:, : chunks * columns].reshape(depth, chunks, columns).transpose(1, 0, 2))
+
+
 @numba.njit(**JIT)
-def _product(x, w, out):
-    """out = x·w for x [R, K], w [K, N], out [R, N] (rows contiguous): the per-step recurrent product,
-    with W_h read where it lies. Full tiles by `_tile_rows`, leftover rows by `_tile_row`, columns
-    past the last whole tile by a plain loop; every entry sums its K products in order from zero."""
+def _product(x, w, packed, out):
+    """out = x·w for x [R, K], w [K, N] and `packed_columns(w)`, out [R, N] (rows contiguous): the
+    per-step recurrent product, with W_h packed once per call. Whole tiles by `_tile_rows`, leftover rows
+    by `_tile_row`, columns past the last whole chunk by a plain loop over w; every entry sums its K
+    products in order from zero."""
     rows, depth = x.shape
     width = w.shape[1]
-    columns = TILE_VECTORS * VECTOR_BITS // (8 * x.itemsize)
-    full_rows, full_cols = rows - rows % TILE_ROWS, width - width % columns
-    for n in range(0, full_cols, columns):
+    chunks, _, columns = packed.shape
+    full_rows, full_cols = rows - rows % TILE_ROWS, chunks * columns
+    for chunk in range(chunks):
         for b in range(0, full_rows, TILE_ROWS):
-            _tile_rows(x, w, out, b, n)
+            _tile_rows(x, packed[chunk], out, b, chunk * columns)
         for b in range(full_rows, rows):
-            _tile_row(x, w, out, b, n)
+            _tile_row(x, packed[chunk], out, b, chunk * columns)
     for b in range(rows if full_cols < width else 0):
         rest = out[b, full_cols:]
         rest[:] = 0
@@ -184,11 +200,12 @@ def _product(x, w, out):
 
 
 @numba.njit(**JIT)
-def _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h, keep,
+def _forward_loop(projected, recurrent, packed, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h, keep,
                   hand, one, start, stop):
     """Run every step in place for the batch rows [start, stop) (rows never meet, so blocks of
     rows can run on separate threads). projected [T, B, 4H] (inputs·Wxᵀ + bias); recurrent W_h
-    [4H, H] for OpenBLAS, or W_hᵀ [H, 4H] with `hand` (the product by `_product`); c, h [B, H] the state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B].
+    [4H, H] for OpenBLAS, or W_hᵀ [H, 4H] and its `packed_columns` with `hand` (the product by
+    `_product`); c, h [B, H] the state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B].
     With `keep` every step's values are kept for the backward pass (gates, cells, tanh_cells
     and carried_h have T or T + 1 entries); without it gates and tanh_cells have one, reused.
 
@@ -204,7 +221,7 @@ def _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cell
     a = numpy.empty((stop - start, four_units), projected.dtype)
     for t in range(steps):
         if hand:
-            _product(h[start:stop], recurrent, a)
+            _product(h[start:stop], recurrent, packed, a)
         else:
             # W_h·h_{t-1}ᵀ, then transposed: OpenBLAS runs this orientation faster than h_{t-1}·W_hᵀ
             # (1.04× at B = 32, H = 192; 1.34× at H = 256), the two small copies included.
@@ -239,11 +256,12 @@ def _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cell
 
 
 @numba.njit(**JIT)
-def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, d_outputs, d_c, d_h, d_gates, one, hand,
+def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, packed, d_outputs, d_c, d_h, d_gates, one, hand,
                    start, stop):
     """Walk the steps backwards in place for the batch rows [start, stop): d_c, d_h [B, H]
     become the initial state's gradients and d_gates [T, B, 4H] every step's pre-activation
-    gradients. recurrent: W_hᵀ [H, 4H] for OpenBLAS, or W_h [4H, H] with `hand` (`_product`)."""
+    gradients. recurrent: W_hᵀ [H, 4H] for OpenBLAS, or W_h [4H, H] and its `packed_columns` with `hand`
+    (`_product`)."""
     steps, batch, four_units = gates.shape
     units = four_units // 4
     no_mask = numpy.ones(units, gates.dtype)
@@ -270,9 +288,9 @@ def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, d_outputs,
                 d_g[j] = dc * i[j] * mask[j] * (one - g[j] * g[j])
                 dcb[j] = dc * f[j]
         if hand:
-            _product(d_gates[t, start:stop], recurrent, d_h_prev)
+            _product(d_gates[t, start:stop], recurrent, packed, d_h_prev)
         else:
-            d_gates_t[:] = d_gates[t, start:stop].T  # W_hᵀ·d_gatesᵀ: the faster orientation, as in the forward loop
+            d_gates_t[:] = d_gates[t, start:stop].T  # W_hᵀ·d_gatesᵀ: OpenBLAS's faster orientation (forward loop)
             d_h_prev[:] = numpy.dot(recurrent, d_gates_t).T
         for b in range(start, stop):
             if alive[b]:
@@ -322,10 +340,11 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     hand = _hand_product(recurrent)
     if hand:
         recurrent = numpy.ascontiguousarray(recurrent.T)
+    packed = packed_columns(recurrent) if hand else numpy.empty((0, 0, 0), dtype)
     with _blas_threads(blocks, units):
-        run_on_row_blocks(lambda start, stop: _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates,
-                                                            cells, tanh_cells, carried_h, keep_for_backward, hand,
-                                                            dtype.type(1.0), start, stop), blocks)
+        run_on_row_blocks(lambda start, stop: _forward_loop(projected, recurrent, packed, c, h, masks, valid, outputs,
+                                                            gates, cells, tanh_cells, carried_h, keep_for_backward,
+                                                            hand, dtype.type(1.0), start, stop), blocks)
     cache = ForwardCache(w, inputs, carried_h, gates, cells, tanh_cells, masks, valid) if keep_for_backward else None
     return outputs, c, h, cache
 
@@ -357,10 +376,11 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     blocks = _row_blocks(batch, units)
     hand = _hand_product(recurrent_t)
     recurrent = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :]) if hand else recurrent_t
+    packed = packed_columns(recurrent) if hand else numpy.empty((0, 0, 0), dtype)
     with _blas_threads(blocks, units):
         run_on_row_blocks(lambda start, stop: _backward_loop(cache.gates, cache.cells, cache.tanh_cells, cache.masks,
-                                                             cache.valid, recurrent, d_outputs, d_c, d_h, d_gates,
-                                                             dtype.type(1.0), hand, start, stop), blocks)
+                                                             cache.valid, recurrent, packed, d_outputs, d_c, d_h,
+                                                             d_gates, dtype.type(1.0), hand, start, stop), blocks)
     rows = steps * batch
     flat_d_gates = d_gates.reshape(rows, 4 * units)
     d_weights = numpy.empty_like(cache.weights)

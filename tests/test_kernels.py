@@ -155,7 +155,7 @@ def test_hand_written_product_equals_numpy_dot(dtype, tolerance, rows, depth, wi
     rng = np.random.default_rng(seed)
     x, w = rng.normal(size=(rows, depth)).astype(dtype), rng.normal(size=(depth, width)).astype(dtype)
     out = np.full((rows, width), np.nan, dtype)
-    numba_kernels._product(x, w, out)
+    numba_kernels._product(x, w, numba_kernels.packed_columns(w), out)
     np.testing.assert_allclose(out, np.dot(x.astype(np.float64), w.astype(np.float64)),
                                atol=tolerance * depth, rtol=tolerance)
     assert out.dtype == dtype
