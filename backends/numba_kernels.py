@@ -4,8 +4,9 @@ The NumPy kernels pay for every step in calls: about thirty ufunc passes and cop
 [H, B] arrays in the backward step, each a trip through the interpreter, and NumPy's
 float32 tanh on a CPU without AVX-512 runs scalar at ~3 ns an element, a third of a step
 at the default model's size. Here each direction of the whole sequence is one compiled
-call: per step one BLAS product (`np.dot`, the recurrent term) and one fused loop over
-[B, H] that does the whole step's pointwise work. Everything is batch-major: gates
+call: per step one product (the recurrent term: a hand-written kernel in 512-bit vectors,
+`_product`, or OpenBLAS for a W_h too big for it) and one fused loop over [B, H] that does the
+whole step's pointwise work. Everything is batch-major: gates
 [B, 4H] in the order f, i, o, c, states [B, H]. Batch rows never meet, so the batch is cut into
 row blocks and each runs the whole loop on a thread of its own (`row_threads`, XLSTM_THREADS).
 
@@ -16,14 +17,17 @@ so the float64 numbers equal the generic array-API code's to rounding. Same inte
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
+import llvmlite.binding
 import numba
 import numpy
 import scipy.linalg.cython_blas  # noqa: F401 - the BLAS numba's np.dot calls: loaded before it is counted
-from numba.core import types
-from numba.extending import overload
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic, overload
 from threadpoolctl import ThreadpoolController
 
 from xlstm_backends.numpy_kernels import kernel_order
@@ -50,6 +54,11 @@ def _row_blocks(batch: int, units: int) -> list[tuple[int, int]]:
     return row_blocks(batch, max(MIN_ROWS, -(-MIN_ROW_UNITS // units)))
 
 
+def _hand_product(recurrent) -> bool:
+    """Whether the time loops' per-step products go to `_product` rather than OpenBLAS (by W_h's size)."""
+    return recurrent.nbytes <= HAND_PRODUCT_MAX_BYTES
+
+
 def _blas_threads(blocks: list[tuple[int, int]], units: int):
     """A context that keeps the BLAS to one thread inside the time loops when the batch is split
     over threads (they already fill the cores) or the per-step product is small; else to
@@ -60,6 +69,16 @@ def _blas_threads(blocks: list[tuple[int, int]], units: int):
 
 
 JIT = {"error_model": "numpy", "nogil": True, "cache": True, "fastmath": {"contract", "arcp", "nsz"}}
+# The per-step recurrent products run as `_product` (hand-written: W_h packed once per call, no
+# transposes or temporaries per step) rather than OpenBLAS when W_h is at most 4 MiB (H ≤ 512 in float32,
+# the largest measured; README h-nb), LSTM forward / backward on two threads, before → after: main job
+# (H = 192) 6.6 → 4.5 ms / 10.0 → 7.9; medium (H = 256) 18.7 → 13.0 / 32.4 → 26.1; large (H = 512) 116
+# → 115 / 218 → 212. Its tiles are TILE_ROWS batch rows by TILE_VECTORS vectors of VECTOR_BITS: 512
+# where the CPU has AVX-512 (numba's own loops stay at 256 bits), 8 × 2 zmm accumulators (4 × 2 took
+# 1.45× the time, 4 × 4 1.25× at the main job's forward product).
+HAND_PRODUCT_MAX_BYTES = 4 << 20
+VECTOR_BITS = 512 if llvmlite.binding.get_host_cpu_features().get("avx512f", False) else 256
+TILE_ROWS, TILE_VECTORS = 8, 2
 
 # Eigen's float tanh: x·P(x²)/Q(x²), clamped where tanh rounds to ±1 in float32.
 TANH_CLAMP = 7.90531110763549805
@@ -91,12 +110,102 @@ def _tanh_for(x):
     return lambda x: math.tanh(x)
 
 
+def _tile_of(rows: int):
+    """An intrinsic tile(x, w, out, b, n): out[b : b + rows, n : n + C] = x[b : b + rows]·w for x [R, K],
+    one packed chunk of columns w [K, C] (C = TILE_VECTORS·lanes), out [R, N], rows contiguous. Its
+    accumulators are vector registers (LLVM vector types and fma), which numba's own vectoriser does
+    not produce for this loop nest."""
+
+    @intrinsic
+    def tile(typingctx, x, w, out, b, n):
+        dtype = x.dtype
+        lanes = VECTOR_BITS // dtype.bitwidth
+
+        def codegen(context, builder, signature, args):
+            x_ary, w_ary, out_ary = (context.make_array(kind)(context, builder, value)
+                                     for kind, value in zip(signature.args[:3], args[:3]))
+            intp = context.get_value_type(types.intp)
+            scalar = context.get_value_type(dtype)
+            vector = ir.VectorType(scalar, lanes)
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                                 f"llvm.fma.v{lanes}f{dtype.bitwidth}")
+            size = ir.Constant(intp, dtype.bitwidth // 8)
+            x_step, w_step, out_step = (builder.sdiv(cgutils.unpack_tuple(builder, ary.strides, 2)[0], size)
+                                        for ary in (x_ary, w_ary, out_ary))
+            depth = cgutils.unpack_tuple(builder, x_ary.shape, 2)[1]
+            at = lambda base, *offsets: builder.gep(base, [functools.reduce(builder.add, offsets)])  # noqa: E731
+            as_vector = lambda pointer: builder.bitcast(pointer, vector.as_pointer())  # noqa: E731
+            row_of = lambda r: builder.mul(builder.add(args[3], ir.Constant(intp, r)), x_step)  # noqa: E731
+            columns = [ir.Constant(intp, v * lanes) for v in range(TILE_VECTORS)]
+            zero = ir.Constant(vector, None)
+            sums = [[cgutils.alloca_once_value(builder, zero) for _ in columns] for _ in range(rows)]
+            undefined, first = ir.Constant(vector, ir.Undefined), ir.Constant(ir.IntType(32), 0)
+            broadcast = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+            x_rows = [at(x_ary.data, row_of(r)) for r in range(rows)]
+            with cgutils.for_range(builder, depth) as loop:
+                w_row = builder.mul(loop.index, w_step)
+                ws = [builder.load(as_vector(at(w_ary.data, w_row, column)), align=1) for column in columns]
+                for r in range(rows):
+                    value = builder.load(at(x_rows[r], loop.index))
+                    xs = builder.shuffle_vector(builder.insert_element(undefined, value, first), undefined, broadcast)
+                    for v, w_vector in enumerate(ws):
+                        builder.store(builder.call(fma, [xs, w_vector, builder.load(sums[r][v])]), sums[r][v])
+            for r in range(rows):
+                out_row = builder.mul(builder.add(args[3], ir.Constant(intp, r)), out_step)
+                for v, column in enumerate(columns):
+                    builder.store(builder.load(sums[r][v]), as_vector(at(out_ary.data, out_row, args[4], column)),
+                                  align=1)
+            return context.get_dummy_value()
+
+        return types.void(x, w, out, types.intp, types.intp), codegen
+
+    return tile
+
+
+_tile_rows, _tile_row = _tile_of(TILE_ROWS), _tile_of(1)
+
+
+def packed_columns(w):
+    """w [K, N] as [N // C, K, C]: whole chunks of C = TILE_VECTORS vectors' columns, each contiguous,
+    so that a tile's pass over k reads consecutive lines (in W_h's own rows of 4H = 2048 floats, the
+    32 columns' lines lie 8 KB apart and all land in the same cache sets)."""
+    depth, width = w.shape
+    columns = TILE_VECTORS * VECTOR_BITS // (8 * w.itemsize)
+    chunks = width // columns
+    return numpy.ascontiguousarray(w[:, : chunks * columns].reshape(depth, chunks, columns).transpose(1, 0, 2))
+
+
 @numba.njit(**JIT)
-def _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h, keep,
-                  one, start, stop):
+def _product(x, w, packed, out):
+    """out = x·w for x [R, K], w [K, N] and `packed_columns(w)`, out [R, N] (rows contiguous): the
+    per-step recurrent product, with W_h packed once per call. Whole tiles by `_tile_rows`, leftover rows
+    by `_tile_row`, columns past the last whole chunk by a plain loop over w; every entry sums its K
+    products in order from zero."""
+    rows, depth = x.shape
+    width = w.shape[1]
+    chunks, _, columns = packed.shape
+    full_rows, full_cols = rows - rows % TILE_ROWS, chunks * columns
+    for chunk in range(chunks):
+        for b in range(0, full_rows, TILE_ROWS):
+            _tile_rows(x, packed[chunk], out, b, chunk * columns)
+        for b in range(full_rows, rows):
+            _tile_row(x, packed[chunk], out, b, chunk * columns)
+    for b in range(rows if full_cols < width else 0):
+        rest = out[b, full_cols:]
+        rest[:] = 0
+        for k in range(depth):
+            value, w_rest = x[b, k], w[k, full_cols:]
+            for n in range(rest.size):
+                rest[n] += value * w_rest[n]
+
+
+@numba.njit(**JIT)
+def _forward_loop(projected, recurrent, packed, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h, keep,
+                  hand, one, start, stop):
     """Run every step in place for the batch rows [start, stop) (rows never meet, so blocks of
-    rows can run on separate threads). projected [T, B, 4H] (inputs·Wxᵀ + bias), recurrent W_h
-    [4H, H]; c, h [B, H] the state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B].
+    rows can run on separate threads). projected [T, B, 4H] (inputs·Wxᵀ + bias); recurrent W_h
+    [4H, H] for OpenBLAS, or W_hᵀ [H, 4H] and its `packed_columns` with `hand` (the product by
+    `_product`); c, h [B, H] the state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B].
     With `keep` every step's values are kept for the backward pass (gates, cells, tanh_cells
     and carried_h have T or T + 1 entries); without it gates and tanh_cells have one, reused.
 
@@ -108,13 +217,16 @@ def _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cell
     sigmoids = 3 * units
     half, zero = one / (one + one), one - one  # constants in the arrays' dtype (a literal would be float64)
     no_mask = numpy.ones(units, projected.dtype)
-    h_t = numpy.empty((units, stop - start), projected.dtype)
+    h_t = numpy.empty((0 if hand else units, stop - start), projected.dtype)
     a = numpy.empty((stop - start, four_units), projected.dtype)
     for t in range(steps):
-        # W_h·h_{t-1}ᵀ, then transposed: OpenBLAS runs this orientation faster than h_{t-1}·W_hᵀ
-        # (1.04× at B = 32, H = 192; 1.34× at H = 256), the two small copies included.
-        h_t[:] = h[start:stop].T
-        a[:] = numpy.dot(recurrent, h_t).T
+        if hand:
+            _product(h[start:stop], recurrent, packed, a)
+        else:
+            # W_h·h_{t-1}ᵀ, then transposed: OpenBLAS runs this orientation faster than h_{t-1}·W_hᵀ
+            # (1.04× at B = 32, H = 192; 1.34× at H = 256), the two small copies included.
+            h_t[:] = h[start:stop].T
+            a[:] = numpy.dot(recurrent, h_t).T
         slot = t if keep else 0
         if keep:
             carried_h[t, start:stop] = h[start:stop]
@@ -144,15 +256,17 @@ def _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates, cell
 
 
 @numba.njit(**JIT)
-def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent_t, d_outputs, d_c, d_h, d_gates, one, start,
-                   stop):
+def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, packed, d_outputs, d_c, d_h, d_gates, one, hand,
+                   start, stop):
     """Walk the steps backwards in place for the batch rows [start, stop): d_c, d_h [B, H]
     become the initial state's gradients and d_gates [T, B, 4H] every step's pre-activation
-    gradients."""
+    gradients. recurrent: W_hᵀ [H, 4H] for OpenBLAS, or W_h [4H, H] and its `packed_columns` with `hand`
+    (`_product`)."""
     steps, batch, four_units = gates.shape
     units = four_units // 4
     no_mask = numpy.ones(units, gates.dtype)
-    d_gates_t = numpy.empty((four_units, stop - start), gates.dtype)
+    d_gates_t = numpy.empty((0 if hand else four_units, stop - start), gates.dtype)
+    d_h_prev = numpy.empty((stop - start, units), gates.dtype)
     for t in range(steps - 1, -1, -1):
         alive = numpy.ones(batch, numpy.bool_) if valid.shape[0] == 0 else valid[t]
         for b in range(start, stop):
@@ -173,8 +287,11 @@ def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent_t, d_output
                 d_o[j] = dh * tanh_c[j] * o[j] * (one - o[j])
                 d_g[j] = dc * i[j] * mask[j] * (one - g[j] * g[j])
                 dcb[j] = dc * f[j]
-        d_gates_t[:] = d_gates[t, start:stop].T  # W_hᵀ·d_gatesᵀ: the faster orientation, as in the forward loop
-        d_h_prev = numpy.dot(recurrent_t, d_gates_t).T
+        if hand:
+            _product(d_gates[t, start:stop], recurrent, packed, d_h_prev)
+        else:
+            d_gates_t[:] = d_gates[t, start:stop].T  # W_hᵀ·d_gatesᵀ: OpenBLAS's faster orientation (forward loop)
+            d_h_prev[:] = numpy.dot(recurrent, d_gates_t).T
         for b in range(start, stop):
             if alive[b]:
                 d_h[b] = d_h_prev[b - start]
@@ -220,10 +337,14 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     cells = empty((steps + 1 if keep_for_backward else 0, batch, units), dtype)
     carried_h = empty((steps if keep_for_backward else 0, batch, units), dtype)
     blocks = _row_blocks(batch, units)
+    hand = _hand_product(recurrent)
+    if hand:
+        recurrent = numpy.ascontiguousarray(recurrent.T)
+    packed = packed_columns(recurrent) if hand else numpy.empty((0, 0, 0), dtype)
     with _blas_threads(blocks, units):
-        run_on_row_blocks(lambda start, stop: _forward_loop(projected, recurrent, c, h, masks, valid, outputs, gates,
-                                                            cells, tanh_cells, carried_h, keep_for_backward,
-                                                            dtype.type(1.0), start, stop), blocks)
+        run_on_row_blocks(lambda start, stop: _forward_loop(projected, recurrent, packed, c, h, masks, valid, outputs,
+                                                            gates, cells, tanh_cells, carried_h, keep_for_backward,
+                                                            hand, dtype.type(1.0), start, stop), blocks)
     cache = ForwardCache(w, inputs, carried_h, gates, cells, tanh_cells, masks, valid) if keep_for_backward else None
     return outputs, c, h, cache
 
@@ -253,10 +374,13 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     d_outputs, d_c, d_h, d_gates, recurrent_t = backward_buffers(cache.weights, input_size, units, steps, d_outputs,
                                                                  d_c, d_h)
     blocks = _row_blocks(batch, units)
+    hand = _hand_product(recurrent_t)
+    recurrent = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :]) if hand else recurrent_t
+    packed = packed_columns(recurrent) if hand else numpy.empty((0, 0, 0), dtype)
     with _blas_threads(blocks, units):
         run_on_row_blocks(lambda start, stop: _backward_loop(cache.gates, cache.cells, cache.tanh_cells, cache.masks,
-                                                             cache.valid, recurrent_t, d_outputs, d_c, d_h, d_gates,
-                                                             dtype.type(1.0), start, stop), blocks)
+                                                             cache.valid, recurrent, packed, d_outputs, d_c, d_h,
+                                                             d_gates, dtype.type(1.0), hand, start, stop), blocks)
     rows = steps * batch
     flat_d_gates = d_gates.reshape(rows, 4 * units)
     d_weights = numpy.empty_like(cache.weights)

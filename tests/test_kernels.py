@@ -124,6 +124,51 @@ def test_compiled_kernels_split_over_row_blocks_equal_generic_code(threads, dtyp
         _assert_close(fused[name], generic[name], tolerance, name)
 
 
+@pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
+@settings(max_examples=25, deadline=None)
+@given(case=cases(batch=st.integers(1, 7)))
+def test_compiled_backward_with_the_blas_product_equals_generic_code(case):
+    """The backward loop's other per-step product (OpenBLAS, for W_h too big for the hand-written
+    one): float64 within 1e-12 of the generic code."""
+    from xlstm_backends import numba_kernels
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(numba_kernels, "HAND_PRODUCT_MAX_BYTES", -1)
+        fused, generic = _run_both(monkeypatch, case, "float64", "numba")
+    for name in fused:
+        np.testing.assert_allclose(fused[name], generic[name], atol=1e-12, rtol=1e-12, err_msg=name)
+
+
+@pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
+@pytest.mark.parametrize("units", [8, 16])
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("lengths, keep", [(None, 1.0), ([3, 0, 2, 3, 1, 3, 3, 2, 3, 1], 0.6)])
+def test_compiled_loops_with_whole_product_tiles_equal_generic_code(units, dtype, tolerance, lengths, keep):
+    """Shapes whose per-step products fill `_product`'s vector tiles (4H or H a multiple of the tile's
+    columns, 10 rows: one 8-row tile and two single rows), with and without lengths and dropout."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        fused, generic = _run_both(monkeypatch, (10, 3, 3, units, lengths, keep, True, 7), dtype, "numba")
+    for name in fused:
+        np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
+
+@pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 19), depth=st.integers(1, 40), width=st.integers(1, 70), seed=st.integers(0, 2**31))
+def test_hand_written_product_equals_numpy_dot(dtype, tolerance, rows, depth, width, seed):
+    """`_product` (tiles of 8 rows by two vectors, one-row tiles, the plain loop for the columns past
+    the last tile) against numpy.dot, from one row or column up, sizes not multiples of the tile."""
+    from xlstm_backends import numba_kernels
+
+    rng = np.random.default_rng(seed)
+    x, w = rng.normal(size=(rows, depth)).astype(dtype), rng.normal(size=(depth, width)).astype(dtype)
+    out = np.full((rows, width), np.nan, dtype)
+    numba_kernels._product(x, w, numba_kernels.packed_columns(w), out)
+    np.testing.assert_allclose(out, np.dot(x.astype(np.float64), w.astype(np.float64)),
+                               atol=tolerance * depth, rtol=tolerance)
+    assert out.dtype == dtype
+
+
 def test_numpy_kernels_cut_the_batch_into_row_blocks_of_min_block_cells(monkeypatch):
     """Blocks of at least MIN_BLOCK_CELLS rows × units, at most XLSTM_THREADS of them; a batch too
     small stays whole."""
