@@ -151,6 +151,7 @@ def test_compiled_loops_with_whole_product_tiles_equal_generic_code(units, dtype
     for name in fused:
         np.testing.assert_allclose(fused[name], generic[name], atol=tolerance, rtol=tolerance, err_msg=name)
 
+
 @pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
 @pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
 @settings(max_examples=60, deadline=None)
@@ -167,6 +168,30 @@ def test_hand_written_product_equals_numpy_dot(dtype, tolerance, rows, depth, wi
     np.testing.assert_allclose(out, np.dot(x.astype(np.float64), w.astype(np.float64)),
                                atol=tolerance * depth, rtol=tolerance)
     assert out.dtype == dtype
+
+
+@pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_hand_written_product_on_256_bit_vectors_equals_numpy_dot(monkeypatch, dtype):
+    """CPUs without AVX-512 build `_product`'s tiles from 256-bit vectors: the same source compiled
+    that way here (a fresh, uncached compilation with VECTOR_BITS = 256), against numpy.dot."""
+    import numba
+
+    from xlstm_backends import numba_kernels
+
+    monkeypatch.setattr(numba_kernels, "VECTOR_BITS", 256)
+    monkeypatch.setattr(numba_kernels, "_tile_rows", numba_kernels._tile_of(numba_kernels.TILE_ROWS))
+    monkeypatch.setattr(numba_kernels, "_tile_row", numba_kernels._tile_of(1))
+    product = numba.njit(error_model="numpy")(numba_kernels._product.py_func)
+    rng = np.random.default_rng(3)
+    for rows, depth, width in [(19, 40, 70), (8, 7, 16), (1, 1, 1), (9, 192, 768)]:
+        x, w = rng.normal(size=(rows, depth)).astype(dtype), rng.normal(size=(depth, width)).astype(dtype)
+        packed = numba_kernels.packed_columns(w)
+        assert packed.shape[2] == 2 * 256 // (8 * x.itemsize)  # two 256-bit vectors of columns a chunk
+        out = np.full((rows, width), np.nan, dtype)
+        product(x, w, packed, out)
+        np.testing.assert_allclose(out, np.dot(x.astype(np.float64), w.astype(np.float64)),
+                                   atol=(1e-12 if dtype == "float64" else 1e-5) * depth, rtol=1e-5)
 
 
 def test_numpy_kernels_cut_the_batch_into_row_blocks_of_min_block_cells(monkeypatch):
