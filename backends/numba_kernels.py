@@ -200,11 +200,12 @@ def _product(x, w, packed, out):
 
 
 @numba.njit(**JIT)
-def _forward_loop(projected, recurrent, packed, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h, keep,
-                  hand, one, start, stop):
+def _forward_loop(projected, bias, recurrent, packed, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h,
+                  keep, hand, one, start, stop):
     """Run every step in place for the batch rows [start, stop) (rows never meet, so blocks of
-    rows can run on separate threads). projected [T, B, 4H] (inputs·Wxᵀ + bias); recurrent W_h
-    [4H, H] for OpenBLAS, or W_hᵀ [H, 4H] and its `packed_columns` with `hand` (the product by
+    rows can run on separate threads). projected [T, B, 4H] (inputs·Wxᵀ) and bias [4H] (with the forget
+    bias), added here rather than in a pass of its own over projected (0.8 ms of the main job's step);
+    recurrent W_h [4H, H] for OpenBLAS, or W_hᵀ [H, 4H] and its `packed_columns` with `hand` (the product by
     `_product`); c, h [B, H] the state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B].
     With `keep` every step's values are kept for the backward pass (gates, cells, tanh_cells
     and carried_h have T or T + 1 entries); without it gates and tanh_cells have one, reused.
@@ -234,9 +235,9 @@ def _forward_loop(projected, recurrent, packed, c, h, masks, valid, outputs, gat
         for b in range(start, stop):
             row, x, act = a[b - start], projected[t, b], gates[slot, b]
             for k in range(sigmoids):  # σ(a) = ½·tanh(½a) + ½ for f, i, o
-                act[k] = half * tanh(half * (row[k] + x[k])) + half
+                act[k] = half * tanh(half * (row[k] + x[k] + bias[k])) + half
             for k in range(sigmoids, four_units):
-                act[k] = tanh(row[k] + x[k])
+                act[k] = tanh(row[k] + x[k] + bias[k])
             f, i, o, g = act[:units], act[units : 2 * units], act[2 * units : sigmoids], act[sigmoids:]
             mask = masks[t, b] if masks.shape[0] else no_mask
             cb, hb, tanh_c, out = c[b], h[b], tanh_cells[slot, b], outputs[t, b]
@@ -325,7 +326,6 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
                  out=projected.reshape(steps * batch, 4 * units))
     bias = w[:, 0].copy()
     bias[:units] += forget_bias
-    projected += bias
     recurrent = numpy.ascontiguousarray(w[:, 1 + input_size :])  # [4H, H]
     masks = numpy.empty((0, batch, units), dtype) if masks is None else numpy.ascontiguousarray(masks, dtype)
     valid = numpy.empty((0, batch), numpy.bool_) if valid is None else numpy.ascontiguousarray(valid[:, :, 0])
@@ -342,9 +342,10 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
         recurrent = numpy.ascontiguousarray(recurrent.T)
     packed = packed_columns(recurrent) if hand else numpy.empty((0, 0, 0), dtype)
     with _blas_threads(blocks, units):
-        run_on_row_blocks(lambda start, stop: _forward_loop(projected, recurrent, packed, c, h, masks, valid, outputs,
-                                                            gates, cells, tanh_cells, carried_h, keep_for_backward,
-                                                            hand, dtype.type(1.0), start, stop), blocks)
+        run_on_row_blocks(lambda start, stop: _forward_loop(projected, bias, recurrent, packed, c, h, masks, valid,
+                                                            outputs, gates, cells, tanh_cells, carried_h,
+                                                            keep_for_backward, hand, dtype.type(1.0), start, stop),
+                          blocks)
     cache = ForwardCache(w, inputs, carried_h, gates, cells, tanh_cells, masks, valid) if keep_for_backward else None
     return outputs, c, h, cache
 
