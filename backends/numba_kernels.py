@@ -302,7 +302,7 @@ class ForwardCache(NamedTuple):
     """What the backward pass needs from the forward pass (kernel gate order, batch-major)."""
 
     weights: numpy.ndarray  # W rows reordered, [4H, 1 + I + H]
-    inputs: numpy.ndarray  # [T, B, I]
+    inputs: numpy.ndarray  # [T, B, 1 + I]: 1, x_t, the rows of the bias and input weights' gradient
     carried_h: numpy.ndarray  # h_{t-1} for every step [T, B, H]
     gates: numpy.ndarray  # activated f, i, o and tanh candidate, [T, B, 4H]
     cells: numpy.ndarray  # c_{t-1} for every step, then c_T: [T + 1, B, H]
@@ -320,9 +320,12 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     units = c0.shape[1]
     dtype = weights.dtype
     w = weights[kernel_order(units)]
-    inputs = numpy.ascontiguousarray(inputs, dtype)
+    # [1, x_t]: one product forms the bias's and the input weights' gradients (no pass summing d_gates)
+    ones_and_inputs = empty((steps, batch, 1 + input_size), dtype)
+    ones_and_inputs[:, :, 0] = 1
+    ones_and_inputs[:, :, 1:] = inputs
     projected = empty((steps, batch, 4 * units), dtype)
-    numpy.matmul(inputs.reshape(steps * batch, input_size), w[:, 1 : 1 + input_size].T,
+    numpy.matmul(ones_and_inputs.reshape(steps * batch, 1 + input_size)[:, 1:], w[:, 1 : 1 + input_size].T,
                  out=projected.reshape(steps * batch, 4 * units))
     bias = w[:, 0].copy()
     bias[:units] += forget_bias
@@ -346,7 +349,7 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
                                                             outputs, gates, cells, tanh_cells, carried_h,
                                                             keep_for_backward, hand, dtype.type(1.0), start, stop),
                           blocks)
-    cache = ForwardCache(w, inputs, carried_h, gates, cells, tanh_cells, masks, valid) if keep_for_backward else None
+    cache = ForwardCache(w, ones_and_inputs, carried_h, gates, cells, tanh_cells, masks, valid) if keep_for_backward else None
     return outputs, c, h, cache
 
 
@@ -369,7 +372,8 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
 
     Returns (d_weights in xlstm's layout [4H, 1 + I + H], d_inputs [T, B, I], d_c0, d_h0).
     """
-    steps, batch, input_size = cache.inputs.shape
+    steps, batch, width = cache.inputs.shape
+    input_size = width - 1
     units = cache.cells.shape[2]
     dtype = cache.gates.dtype
     d_outputs, d_c, d_h, d_gates, recurrent_t = backward_buffers(cache.weights, input_size, units, steps, d_outputs,
@@ -385,8 +389,7 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     rows = steps * batch
     flat_d_gates = d_gates.reshape(rows, 4 * units)
     d_weights = numpy.empty_like(cache.weights)
-    d_weights[:, 0] = flat_d_gates.sum(axis=0)
-    numpy.matmul(flat_d_gates.T, cache.inputs.reshape(rows, input_size), out=d_weights[:, 1 : 1 + input_size])
+    numpy.matmul(flat_d_gates.T, cache.inputs.reshape(rows, 1 + input_size), out=d_weights[:, : 1 + input_size])
     numpy.matmul(flat_d_gates.T, cache.carried_h.reshape(rows, units), out=d_weights[:, 1 + input_size :])
     d_inputs = empty((rows, input_size), dtype)
     numpy.matmul(flat_d_gates, cache.weights[:, 1 : 1 + input_size], out=d_inputs)
