@@ -341,8 +341,9 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
 
     def block(start: int, stop: int) -> None:
         """Project the block's inputs (inputs·W_xᵀ + bias) on this thread, then run its time loop: an
-        OpenBLAS-threaded projection for the whole batch left its pool threads spinning on the cores the
-        loops then ran on (large shape: loop 87–91 ms after it, 57–59 ms alone; README h-lg)."""
+        OpenBLAS-threaded projection for the whole batch, with NumPy imported before xlstm (so without
+        its OPENBLAS_THREAD_TIMEOUT), left pool threads spinning on the cores the loops then ran on
+        (large shape: loop 87–91 ms after it, 57–59 ms alone; README h-lg)."""
         rows = stop - start
         block_inputs = empty((steps, rows, input_size), dtype)
         block_inputs[:] = inputs[:, start:stop]  # contiguous: one 2-D product runs faster than T batched ones
