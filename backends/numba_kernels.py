@@ -203,17 +203,17 @@ def _product(x, w, packed, out):
 def _forward_loop(projected, bias, recurrent, packed, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h,
                   keep, hand, one, start, stop):
     """Run every step in place for the batch rows [start, stop) (rows never meet, so blocks of
-    rows can run on separate threads). projected [T, B, 4H] (inputs·Wxᵀ) and bias [4H] (with the forget
-    bias), added here rather than in a pass of its own over projected (0.8 ms of the main job's step);
-    recurrent W_h [4H, H] for OpenBLAS, or W_hᵀ [H, 4H] and its `packed_columns` with `hand` (the product by
-    `_product`); c, h [B, H] the state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B].
+    rows can run on separate threads). projected [T, stop - start, 4H] (the block's inputs·W_xᵀ) and bias
+    [4H] (with the forget bias), added here rather than in a pass of its own over projected (0.8 ms of the
+    main job's step); recurrent W_h [4H, H] for OpenBLAS, or W_hᵀ [H, 4H] and its `packed_columns` with
+    `hand` (the product by `_product`); c, h [B, H] the state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B].
     With `keep` every step's values are kept for the backward pass (gates, cells, tanh_cells
     and carried_h have T or T + 1 entries); without it gates and tanh_cells have one, reused.
 
     Each inner loop runs over one contiguous row with no branch inside, so that the
     compiler vectorises it; rows that differ (finished, dropout) choose their loop outside.
     """
-    steps, batch, four_units = projected.shape
+    steps, _, four_units = projected.shape
     units = four_units // 4
     sigmoids = 3 * units
     half, zero = one / (one + one), one - one  # constants in the arrays' dtype (a literal would be float64)
@@ -233,7 +233,7 @@ def _forward_loop(projected, bias, recurrent, packed, c, h, masks, valid, output
             carried_h[t, start:stop] = h[start:stop]
             cells[t, start:stop] = c[start:stop]
         for b in range(start, stop):
-            row, x, act = a[b - start], projected[t, b], gates[slot, b]
+            row, x, act = a[b - start], projected[t, b - start], gates[slot, b]
             for k in range(sigmoids):  # σ(a) = ½·tanh(½a) + ½ for f, i, o
                 act[k] = half * tanh(half * (row[k] + x[k] + bias[k])) + half
             for k in range(sigmoids, four_units):
@@ -324,9 +324,7 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     ones_and_inputs = empty((steps, batch, 1 + input_size), dtype)
     ones_and_inputs[:, :, 0] = 1
     ones_and_inputs[:, :, 1:] = inputs
-    projected = empty((steps, batch, 4 * units), dtype)
-    numpy.matmul(ones_and_inputs.reshape(steps * batch, 1 + input_size)[:, 1:], w[:, 1 : 1 + input_size].T,
-                 out=projected.reshape(steps * batch, 4 * units))
+    input_weights = w[:, 1 : 1 + input_size].T
     bias = w[:, 0].copy()
     bias[:units] += forget_bias
     recurrent = numpy.ascontiguousarray(w[:, 1 + input_size :])  # [4H, H]
@@ -344,12 +342,25 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     if hand:
         recurrent = numpy.ascontiguousarray(recurrent.T)
     packed = packed_columns(recurrent) if hand else numpy.empty((0, 0, 0), dtype)
+
+    def block(start: int, stop: int) -> None:
+        """Project the block's inputs (inputs·W_xᵀ) on this thread, then run its time loop (which adds the
+        bias): an OpenBLAS-threaded projection for the whole batch, with NumPy imported before xlstm (so without
+        its OPENBLAS_THREAD_TIMEOUT), left pool threads spinning on the cores the loops then ran on
+        (large shape: loop 87–91 ms after it, 57–59 ms alone; README h-lg)."""
+        rows = stop - start
+        block_inputs = empty((steps, rows, input_size), dtype)
+        block_inputs[:] = ones_and_inputs[:, start:stop, 1:]  # contiguous: one 2-D product beats T batched ones
+        projected = empty((steps, rows, 4 * units), dtype)
+        numpy.matmul(block_inputs.reshape(steps * rows, input_size), input_weights,
+                     out=projected.reshape(steps * rows, 4 * units))
+        _forward_loop(projected, bias, recurrent, packed, c, h, masks, valid, outputs, gates, cells, tanh_cells,
+                      carried_h, keep_for_backward, hand, dtype.type(1.0), start, stop)
+
     with _blas_threads(blocks, units):
-        run_on_row_blocks(lambda start, stop: _forward_loop(projected, bias, recurrent, packed, c, h, masks, valid,
-                                                            outputs, gates, cells, tanh_cells, carried_h,
-                                                            keep_for_backward, hand, dtype.type(1.0), start, stop),
-                          blocks)
-    cache = ForwardCache(w, ones_and_inputs, carried_h, gates, cells, tanh_cells, masks, valid) if keep_for_backward else None
+        run_on_row_blocks(block, blocks)
+    cache = (ForwardCache(w, ones_and_inputs, carried_h, gates, cells, tanh_cells, masks, valid)
+             if keep_for_backward else None)
     return outputs, c, h, cache
 
 
