@@ -3,7 +3,7 @@
 At the main job's size the generic array-API code spends its time on passes, not arithmetic:
 softmax cross-entropy is about ten NumPy passes over the [2048, 96] logits (max, subtract,
 exp, sum, log, a gather, a one-hot mask, its cast, two products), Adam about ten over the
-flat parameter buffer, and NumPy's float32 `exp` runs scalar on this CPU. Here each is one
+flat parameter buffer, and NumPy's float32 `exp` runs scalar on CPUs without AVX-512. Here each is one
 or two compiled loops:
 
 - `softmax_cross_entropy`: per row the max, e^(z − max), their sum and the loss, in one pass;
