@@ -268,8 +268,9 @@ def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, packed, d_
     no_mask = numpy.ones(units, gates.dtype)
     d_gates_t = numpy.empty((0 if hand else four_units, stop - start), gates.dtype)
     d_h_prev = numpy.empty((stop - start, units), gates.dtype)
+    every_row = numpy.ones(batch, numpy.bool_)  # without lengths every row is alive at every step
     for t in range(steps - 1, -1, -1):
-        alive = numpy.ones(batch, numpy.bool_) if valid.shape[0] == 0 else valid[t]
+        alive = every_row if valid.shape[0] == 0 else valid[t]
         for b in range(start, stop):
             d = d_gates[t, b]
             if not alive[b]:  # a padded step passes the state's gradient straight through
