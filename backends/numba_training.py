@@ -118,14 +118,16 @@ def _row_sum(row):
 
 @numba.njit(**LOSS_JIT)
 def _softmax_rows(logits, labels, losses, exps, sums):
-    """Per row of logits [N, V]: exps = e^(z − max), sums = Σ exps, losses = log Σ − (z_label − max)."""
+    """Per row of logits [N, V]: exps = e^(z − max), sums = Σ exps, losses = log Σ − (z_label − max).
+    exps may be logits itself: the label's logit is read before the row is overwritten."""
     for i in range(logits.shape[0]):
         row, e = logits[i], exps[i]
         largest = _row_max(row)
+        picked = row[labels[i]] - largest
         for k in range(row.shape[0]):
             e[k] = exp(row[k] - largest)
         sums[i] = _row_sum(e)
-        losses[i] = math.log(sums[i]) - (row[labels[i]] - largest)
+        losses[i] = math.log(sums[i]) - picked
 
 
 @numba.njit(**LOSS_JIT)
@@ -143,21 +145,25 @@ def _rows(x: numpy.ndarray, width: int) -> numpy.ndarray:
     return numpy.ascontiguousarray(x.reshape(-1, width))
 
 
-def softmax_cross_entropy(logits: numpy.ndarray, labels: numpy.ndarray) -> tuple[Any, Any, Any]:
-    """(losses, exps, sums) of checked logits [..., V] and labels [...] (see xlstm/losses.py)."""
+def softmax_cross_entropy(logits: numpy.ndarray, labels: numpy.ndarray,
+                          out: numpy.ndarray | None = None) -> tuple[Any, Any, Any]:
+    """(losses, exps, sums) of checked logits [..., V] and labels [...] (see xlstm/losses.py); the exps
+    go into `out` (a C-contiguous array shaped like logits, which may be logits itself) when given."""
     classes = logits.shape[-1]
     flat = _rows(logits, classes)
     losses = numpy.empty(flat.shape[0], logits.dtype)
-    exps, sums = WORKSPACE.empty(flat.shape, flat.dtype), numpy.empty_like(losses)
+    exps = WORKSPACE.empty(flat.shape, flat.dtype) if out is None else out.reshape(flat.shape)
+    sums = numpy.empty_like(losses)
     _softmax_rows(flat, labels.reshape(-1), losses, exps, sums)
     return losses.reshape(labels.shape), exps.reshape(logits.shape), sums.reshape(labels.shape)
 
 
 def softmax_cross_entropy_gradient(exps: numpy.ndarray, sums: numpy.ndarray, labels: numpy.ndarray,
-                                   row_scale: numpy.ndarray) -> numpy.ndarray:
-    """d Σ row_scale·loss / d logits from what `softmax_cross_entropy` returned."""
+                                   row_scale: numpy.ndarray, out: numpy.ndarray | None = None) -> numpy.ndarray:
+    """d Σ row_scale·loss / d logits from what `softmax_cross_entropy` returned; into `out` (C-contiguous,
+    shaped like exps, which may be exps itself) when given."""
     flat = exps.reshape(-1, exps.shape[-1])
-    gradient = WORKSPACE.empty(flat.shape, flat.dtype)
+    gradient = WORKSPACE.empty(flat.shape, flat.dtype) if out is None else out.reshape(flat.shape)
     _gradient_rows(flat, sums.reshape(-1), labels.reshape(-1), _rows(row_scale, 1)[:, 0], gradient)
     return gradient.reshape(exps.shape)
 

@@ -14,11 +14,14 @@ import numpy
 DESCRIPTION = "NumPy kernels (in-place ufuncs)"
 
 
-def softmax_cross_entropy(logits: numpy.ndarray, labels: numpy.ndarray) -> tuple[Any, Any, Any]:
-    """(losses, exps, sums) of checked logits [..., V] and labels [...] (see xlstm/losses.py)."""
+def softmax_cross_entropy(logits: numpy.ndarray, labels: numpy.ndarray,
+                          out: numpy.ndarray | None = None) -> tuple[Any, Any, Any]:
+    """(losses, exps, sums) of checked logits [..., V] and labels [...] (see xlstm/losses.py); the exps
+    go into `out` (a C-contiguous array shaped like logits, which may be logits itself) when given."""
     flat = logits.reshape(-1, logits.shape[-1])
     rows = numpy.arange(flat.shape[0])
-    exps = numpy.subtract(flat, numpy.max(flat, axis=1, keepdims=True))
+    exps = numpy.subtract(flat, numpy.max(flat, axis=1, keepdims=True),
+                          out=None if out is None else out.reshape(flat.shape))
     picked = exps[rows, labels.reshape(-1)]  # z_label − max, before the exps overwrite it
     numpy.exp(exps, out=exps)
     sums = numpy.sum(exps, axis=1)
@@ -28,10 +31,12 @@ def softmax_cross_entropy(logits: numpy.ndarray, labels: numpy.ndarray) -> tuple
 
 
 def softmax_cross_entropy_gradient(exps: numpy.ndarray, sums: numpy.ndarray, labels: numpy.ndarray,
-                                   row_scale: numpy.ndarray) -> numpy.ndarray:
-    """exps · (row_scale / sums) − one-hot(labels) · row_scale, d Σ row_scale·loss / d logits."""
+                                   row_scale: numpy.ndarray, out: numpy.ndarray | None = None) -> numpy.ndarray:
+    """exps · (row_scale / sums) − one-hot(labels) · row_scale, d Σ row_scale·loss / d logits; into `out`
+    (C-contiguous, shaped like exps, which may be exps itself) when given."""
     flat = exps.reshape(-1, exps.shape[-1])
     scale = numpy.reshape(row_scale, -1)
-    gradient = flat * (scale / sums.reshape(-1))[:, None]
+    gradient = numpy.multiply(flat, (scale / sums.reshape(-1))[:, None],
+                              out=None if out is None else out.reshape(flat.shape))
     gradient[numpy.arange(flat.shape[0]), labels.reshape(-1)] -= scale
     return gradient.reshape(exps.shape)
