@@ -7,7 +7,7 @@ row scales at the labels' positions only. Same operations per element, so the sa
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy
 
@@ -40,3 +40,26 @@ def softmax_cross_entropy_gradient(exps: numpy.ndarray, sums: numpy.ndarray, lab
                               out=None if out is None else out.reshape(flat.shape))
     gradient[numpy.arange(flat.shape[0]), labels.reshape(-1)] -= scale
     return gradient.reshape(exps.shape)
+
+
+def output_layer_rows(x: numpy.ndarray, kernel: numpy.ndarray, bias: numpy.ndarray, labels: numpy.ndarray,
+                      row_scale: float, gradient: numpy.ndarray, d_x: numpy.ndarray, losses: numpy.ndarray,
+                      chunk: int) -> Callable[[int, int], None]:
+    """rows(start, stop), which fills gradient [N, V], d_x [N, H] and losses [N] for rows [start, stop) of
+    x [N, H] (C-contiguous) against labels [N], `chunk` rows at a time (see `output_layer.py`)."""
+    classes, dtype = kernel.shape[1], x.dtype
+
+    def rows(start: int, stop: int) -> None:
+        logits = numpy.empty((max(1, min(chunk, stop - start)), classes), dtype)
+        for first in range(start, stop, chunk):
+            last = min(first + chunk, stop)
+            chunk_logits, chunk_labels, chunk_gradient = logits[: last - first], labels[first:last], gradient[first:last]
+            numpy.matmul(x[first:last], kernel, out=chunk_logits)
+            chunk_logits += bias
+            # the exps go into the gradient's rows and the gradient then overwrites them in place
+            losses[first:last], _, sums = softmax_cross_entropy(chunk_logits, chunk_labels, out=chunk_gradient)
+            softmax_cross_entropy_gradient(chunk_gradient, sums, chunk_labels,
+                                           numpy.full(last - first, row_scale, dtype), out=chunk_gradient)
+            numpy.matmul(chunk_gradient, kernel.T, out=d_x[first:last])
+
+    return rows

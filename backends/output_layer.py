@@ -4,12 +4,12 @@ and the gradients d_x, d_K, d_b, for the numpy backend.
 The generic code (Dense.vjp, softmax_cross_entropy_vjp, the dense backward) makes three products
 over all N rows, each waking OpenBLAS's second thread after the single-threaded time loop has let it
 sleep, and passes the [N, V] logits, exps and gradient through memory between them. Here the rows
-are cut into one block per row thread (`row_threads`), each with one-thread BLAS; a block takes its
-rows a chunk of about CHUNK_ELEMENTS logits at a time, so that a chunk's logits stay in the core's
-cache from their product through the softmax, its gradient (both in place, by the loss kernels of
-the kernel path: compiled with the `fast` extra, else NumPy's) and the chunk's d_x product. The
-block's d_K and d_b then come from its gradient rows in one product and one sum, and the blocks'
-partial d_K, d_b are added at the end.
+are cut into one block per row thread (`row_threads`), each with one-thread BLAS. A block's rows are
+filled by the kernel path's `output_layer_rows` (compiled with the `fast` extra: numba_training.py,
+else NumPy's: numpy_losses.py) a chunk of about CHUNK_ELEMENTS logits at a time, so that a chunk's
+logits stay in the core's cache from their product through the softmax and its gradient to the
+chunk's d_x product. The block's d_K and d_b then come from its gradient rows in one product and
+one sum, and the blocks' partial d_K, d_b are added at the end.
 """
 from __future__ import annotations
 
@@ -33,11 +33,12 @@ def _blas() -> ThreadpoolController:
 
 
 class OutputLayerKernels:
-    """The fused output layer over one kernel path's softmax cross-entropy kernels (`loss`)."""
+    """The fused output layer over one kernel path's loss kernels (`loss`: a module with DESCRIPTION and
+    `output_layer_rows`)."""
 
     def __init__(self, loss: Any) -> None:
         self.loss = loss
-        self.DESCRIPTION = f"row threads with one-thread BLAS, softmax by {loss.DESCRIPTION}"
+        self.DESCRIPTION = f"{loss.DESCRIPTION} on row threads, one-thread BLAS"
 
     def dense_softmax_cross_entropy(self, x: numpy.ndarray, kernel: numpy.ndarray, bias: numpy.ndarray,
                                     labels: numpy.ndarray, row_scale: float) -> tuple[Any, Any, Any, Any]:
@@ -49,26 +50,14 @@ class OutputLayerKernels:
         x, labels = numpy.ascontiguousarray(x), numpy.ascontiguousarray(labels)
         d_x, gradient = WORKSPACE.empty((rows, units), dtype), WORKSPACE.empty((rows, classes), dtype)
         losses = numpy.empty(rows, dtype)
-        chunk = max(1, CHUNK_ELEMENTS // classes)
+        fill_rows = self.loss.output_layer_rows(x, kernel, bias, labels, row_scale, gradient, d_x, losses,
+                                                max(1, CHUNK_ELEMENTS // classes))
         blocks = row_blocks(rows, MIN_ROWS)
         partial: dict[int, tuple[Any, Any]] = {}
 
         def block(start: int, stop: int) -> None:
-            """Logits, loss, gradient and d_x chunk by chunk, then the block's d_kernel and d_bias."""
-            scratch = numpy.empty((min(chunk, stop - start), classes), dtype)
-            for first in range(start, stop, chunk):
-                last = min(first + chunk, stop)
-                logits, chunk_labels, chunk_gradient = scratch[: last - first], labels[first:last], gradient[first:last]
-                numpy.matmul(x[first:last], kernel, out=logits)
-                logits += bias
-                # exps into the gradient's rows, not over the logits: the compiled loops vectorise only
-                # where input and output are separate arrays (in place: 0.64 ms against 0.18, all rows)
-                chunk_losses, _, sums = self.loss.softmax_cross_entropy(logits, chunk_labels, out=chunk_gradient)
-                losses[first:last] = chunk_losses
-                self.loss.softmax_cross_entropy_gradient(chunk_gradient, sums, chunk_labels,
-                                                         numpy.full(last - first, row_scale, dtype),
-                                                         out=chunk_gradient)
-                numpy.matmul(chunk_gradient, kernel.T, out=d_x[first:last])
+            """Logits, losses, gradient and d_x of the block's rows, then its d_kernel and d_bias."""
+            fill_rows(start, stop)
             partial[start] = (numpy.matmul(x[start:stop].T, gradient[start:stop]),
                               numpy.sum(gradient[start:stop], axis=0))
 
