@@ -79,6 +79,7 @@ def test_fused_output_layer_matches_generic_code(monkeypatch, path, dtype, case)
         patched.setenv(row_threads.THREADS_VARIABLE, threads)
         patched.setattr(output_layer, "MIN_ROWS", 1)
         patched.setattr(output_layer, "CHUNK_ELEMENTS", chunk_elements)
+        patched.setattr(output_layer, "MIN_CHUNK_ROWS", 1)
         fused = _fused(path).dense_softmax_cross_entropy(x, kernel, bias, labels, 1.0 / rows)
     generic = _generic(monkeypatch, x, kernel, bias, labels)
     for name, mine, theirs in zip(("loss", "d_x", "d_kernel", "d_bias"), fused, generic):
