@@ -46,7 +46,7 @@ class OutputLayerKernels:
 
     def dense_softmax_cross_entropy(self, x: numpy.ndarray, kernel: numpy.ndarray, bias: numpy.ndarray,
                                     labels: numpy.ndarray, row_scale: float) -> tuple[Any, Any, Any, Any]:
-        """(Σ row_scale·loss as a 0-d array, d_x [N, H], d_kernel [H, V], d_bias [V]) for checked x [N, H],
+        """(Σ row_scale·loss, a scalar of x's dtype, d_x [N, H], d_kernel [H, V], d_bias [V]) for checked x [N, H],
         kernel [H, V], bias [V] of one float dtype and labels [N] in [0, V): Dense.vjp, then
         softmax_cross_entropy_vjp with every row weighted row_scale, then the dense layer's backward."""
         rows, units = x.shape
