@@ -4,6 +4,7 @@ The generic array-API code makes a new array at every step and builds the gradie
 term as a [N, V] boolean mask, cast and multiplied; here the exponentials overwrite the shifted
 logits (`out=`), the labels' entries are one fancy-index gather, and the gradient subtracts the
 row scales at the labels' positions only. Same operations per element, so the same numbers.
+`output_layer_rows` runs them, with `out=`, inside the fused output layer (`output_layer.py`).
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def output_layer_rows(x: numpy.ndarray, kernel: numpy.ndarray, bias: numpy.ndarr
         logits = numpy.empty((max(1, min(chunk, stop - start)), classes), dtype)
         for first in range(start, stop, chunk):
             last = min(first + chunk, stop)
-            chunk_logits, chunk_labels, chunk_gradient = logits[: last - first], labels[first:last], gradient[first:last]
+            chunk_logits, chunk_labels = logits[: last - first], labels[first:last]
+            chunk_gradient = gradient[first:last]
             numpy.matmul(x[first:last], kernel, out=chunk_logits)
             chunk_logits += bias
             # the exps go into the gradient's rows and the gradient then overwrites them in place
