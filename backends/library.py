@@ -77,6 +77,12 @@ class Library:
         (xlstm/losses.py's generic array-API code, the reference they must equal)."""
         return None
 
+    def output_layer_kernels(self) -> Any:
+        """An object with a fused `dense_softmax_cross_entropy(x, kernel, bias, labels, row_scale)` →
+        (loss, d_x, d_kernel, d_bias) for a language model's output layer, or None (Dense.vjp and
+        softmax_cross_entropy_vjp, the generic reference it must equal)."""
+        return None
+
     def optimizer_kernels(self) -> Any:
         """A module with a fused `adam(param, grad, exp_avg, exp_avg_sq, ...)` over one flat buffer,
         or None (xlstm/optim.py's generic array-API update, the reference it must equal)."""
@@ -86,6 +92,7 @@ class Library:
         """Which code runs each part that may have kernels of its own (what `backends` and `bench`
         print): the kernel module's DESCRIPTION, or the generic array-API code."""
         modules = {"LSTM": self.lstm_kernels(), "layer-norm LSTM": self.lstm_layer_norm_kernels(),
-                   "softmax cross-entropy": self.loss_kernels(), "optimizers": self.optimizer_kernels()}
+                   "softmax cross-entropy": self.loss_kernels(), "output layer": self.output_layer_kernels(),
+                   "optimizers": self.optimizer_kernels()}
         return {part: GENERIC_CODE if module is None else getattr(module, "DESCRIPTION", "the library's kernels")
                 for part, module in modules.items()}

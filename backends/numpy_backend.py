@@ -83,6 +83,11 @@ class NumpyLibrary(Library):
         """Compiled softmax cross-entropy with the `fast` extra, else NumPy's in-place version."""
         return _by_choice("numba_training", "numpy_losses")
 
+    def output_layer_kernels(self) -> Any:
+        """Dense layer, softmax cross-entropy and their gradients in one row-threaded call, its softmax by
+        the loss kernels of the same choice (`loss_kernels`)."""
+        return _output_layer(self.loss_kernels())
+
     def optimizer_kernels(self) -> Any:
         """The compiled Adam/AdamW with the `fast` extra, else None (the generic update)."""
         return _by_choice("numba_training", None)
@@ -98,6 +103,16 @@ def _by_choice(numba_module: str | None, numpy_module: str | None) -> Any:
 def _module(name: str) -> Any:
     """xlstm_backends.`name`, imported once: the hooks run on every call of the code they speed up."""
     return importlib.import_module(f"xlstm_backends.{name}")
+
+
+@functools.cache
+def _output_layer(loss_kernels: Any) -> Any:
+    """The fused output layer over `loss_kernels` (None without them), made once per loss module."""
+    if loss_kernels is None:
+        return None
+    from xlstm_backends.output_layer import OutputLayerKernels
+
+    return OutputLayerKernels(loss_kernels)
 
 
 @functools.cache

@@ -154,19 +154,24 @@ class CharLM:
         """
         xp = namespace_of(inputs=inputs, targets=targets, embedding=self.embedding)
         flat_ids = self._token_rows(inputs, time_major=True)
-        check_shape("targets", targets, tuple(inputs.shape), "like inputs")
+        self._check_targets(targets, inputs, xp)
         embedded = self._lookup(flat_ids, (inputs.shape[1], inputs.shape[0]))
         outputs, final_state, rnn_backward = dynamic_rnn_vjp(self.stack, embedded, state, time_major=True)
         flat_outputs, flat_targets = self._flat(outputs, targets, xp)
+        fused = self.backend.library.output_layer_kernels()
         loss, d_outputs, kernel_grads, bias_grads = 0.0, [], [], []
         for rows, share in self._row_blocks(flat_targets.shape[0]):
-            logits, dense_backward = self.dense.vjp(flat_outputs[rows, :])
-            block_loss, loss_backward = softmax_cross_entropy_vjp(logits, flat_targets[rows])
-            dense_grads = dense_backward(loss_backward(share))
-            loss = loss + block_loss * share
-            d_outputs.append(dense_grads["inputs"])
-            kernel_grads.append(dense_grads["kernel"])
-            bias_grads.append(dense_grads["bias"])
+            if fused is None:
+                block_loss, d_x, d_kernel, d_bias = self._output_layer_vjp(flat_outputs[rows, :], flat_targets[rows],
+                                                                           share)
+            else:  # the library's one call for the same (Library.output_layer_kernels)
+                block_loss, d_x, d_kernel, d_bias = fused.dense_softmax_cross_entropy(
+                    flat_outputs[rows, :], self.dense.kernel, self.dense.bias, flat_targets[rows],
+                    1.0 / flat_targets.shape[0])
+            loss = loss + block_loss
+            d_outputs.append(d_x)
+            kernel_grads.append(d_kernel)
+            bias_grads.append(d_bias)
         d_flat = d_outputs[0] if len(d_outputs) == 1 else xp.concat(d_outputs, axis=0)  # one block: no copy
         rnn_grads = rnn_backward(xp.reshape(d_flat, tuple(outputs.shape)))
         # The embedding's gradient adds each position's input gradient to its token's row: a
@@ -179,10 +184,24 @@ class CharLM:
                  "dense/bias": sum(bias_grads[1:], bias_grads[0])}
         return LossAndGrads(loss, grads, final_state)
 
+    def _check_targets(self, targets: Any, inputs: Any, xp: Any) -> None:
+        """Targets must be token ids of the vocabulary shaped like the inputs (checked before any work)."""
+        check_shape("targets", targets, tuple(inputs.shape), "like inputs")
+        check_integer("targets", targets, xp)
+        check_range("targets", targets, xp, 0, self.vocab_size - 1, "token ids of the vocabulary")
+
+    def _output_layer_vjp(self, x: Any, labels: Any, share: float) -> tuple[Any, Any, Any, Any]:
+        """(share · mean loss, d_x, d_kernel, d_bias) of rows x [N, H] against labels [N], by the generic
+        Dense.vjp and softmax_cross_entropy_vjp."""
+        logits, dense_backward = self.dense.vjp(x)
+        block_loss, loss_backward = softmax_cross_entropy_vjp(logits, labels)
+        grads = dense_backward(loss_backward(share))
+        return block_loss * share, grads["inputs"], grads["kernel"], grads["bias"]
+
     def loss(self, inputs: Any, targets: Any, state: tuple | None = None) -> tuple[Any, tuple[LSTMState, ...]]:
         """Mean next-token cross-entropy (no gradients) and the final state, for evaluation."""
         xp = namespace_of(inputs=inputs, targets=targets, embedding=self.embedding)
-        check_shape("targets", targets, tuple(inputs.shape), "like inputs")
+        self._check_targets(targets, inputs, xp)
         embedded = self._embed(inputs, time_major=True)  # as in loss_and_grads
         outputs, final_state = dynamic_rnn(self.stack, embedded, state, time_major=True)
         flat_outputs, flat_targets = self._flat(outputs, targets, xp)
