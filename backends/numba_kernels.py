@@ -76,6 +76,8 @@ JIT = {"error_model": "numpy", "nogil": True, "cache": True, "fastmath": {"contr
 # where the CPU has AVX-512 (numba's own loops stay at 256 bits), 8 × 2 zmm accumulators (4 × 2 took
 # 1.45× the time, 4 × 4 1.25× at the main job's forward product).
 HAND_PRODUCT_MAX_BYTES = 4 << 20
+# The forward loop's step product takes in the input projection, [1, x_t, h_{t-1}]·Wᵀ, when all of W fits this:
+FUSED_PRODUCT_MAX_BYTES = 4 << 20
 VECTOR_BITS = 512 if llvmlite.binding.get_host_cpu_features().get("avx512f", False) else 256
 TILE_ROWS, TILE_VECTORS = 8, 2
 
@@ -202,45 +204,56 @@ def _product(x, w, packed, out):
 def _forward_loop(projected, bias, recurrent, packed, c, h, masks, valid, outputs, gates, cells, tanh_cells,
                   inputs_and_h, keep, hand, one, start, stop):
     """Run every step in place for the batch rows [start, stop) (rows never meet, so blocks of
-    rows can run on separate threads). projected [T, stop - start, 4H] (the block's inputs·W_xᵀ) and bias
-    [4H] (with the forget bias), added here rather than in a pass of its own over projected (0.8 ms of the
-    main job's step); recurrent W_h [4H, H] for OpenBLAS, or W_hᵀ [H, 4H] and its `packed_columns` with
-    `hand` (the product by `_product`); c, h [B, H] the state, updated; masks [T, B, H] or [0, B, H]; valid [T, B]
-    or [0, B]; outputs [T, B, H]. The block's own arrays, indexed from its first row: with `keep` every step's
-    values are kept for the backward pass (gates [T, b, 4H], cells [T + 1, b, H], tanh_cells [T, b, H], and
-    h_{t-1} into inputs_and_h [T, b, 1 + I + H]'s last H columns); without it gates and tanh_cells have one step,
-    reused. Gates in xlstm's order f, i, c, o.
+    rows can run on separate threads). Each step's pre-activations are one product: with `projected` [0, b, 4H]
+    the whole step's, [1, x_t, h_{t-1}]·Wᵀ (h_{t-1} copied into inputs_and_h [T, b, 1 + I + H] first; recurrent
+    Wᵀ [1 + I + H, 4H] with the forget bias in its first row, and its `packed_columns`, for `_product`); else
+    projected [T, b, 4H] holds the block's inputs·W_xᵀ and bias [4H] (with the forget bias) is added here (rather
+    than in a pass of its own over projected: 0.8 ms of the main job's step), and the product is the recurrent
+    term only: W_h [4H, H] for OpenBLAS, or W_hᵀ [H, 4H] and its `packed_columns` with `hand`. c, h [B, H] the
+    state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B]; outputs [T, B, H]. The block's own
+    arrays, indexed from its first row: with `keep` every step's values are kept for the backward pass (gates
+    [T, b, 4H], cells [T + 1, b, H], tanh_cells [T, b, H], h_{t-1} in inputs_and_h); without it gates and
+    tanh_cells have one step, reused. Gates in xlstm's order f, i, c, o.
 
     Each inner loop runs over one contiguous row with no branch inside, so that the
     compiler vectorises it; rows that differ (finished, dropout) choose their loop outside.
     """
-    steps, _, four_units = projected.shape
+    steps, _, width = inputs_and_h.shape
+    four_units = gates.shape[2]
     units = four_units // 4
-    carried = inputs_and_h.shape[2] - units
+    fused = projected.shape[0] == 0
+    carried = width - units
     half, zero = one / (one + one), one - one  # constants in the arrays' dtype (a literal would be float64)
-    no_mask = numpy.ones(units, projected.dtype)
-    h_t = numpy.empty((0 if hand else units, stop - start), projected.dtype)
-    a = numpy.empty((stop - start, four_units), projected.dtype)
+    no_mask = numpy.ones(units, gates.dtype)
+    h_t = numpy.empty((0 if hand else units, stop - start), gates.dtype)
+    a = numpy.empty((stop - start, four_units), gates.dtype)
     for t in range(steps):
-        if hand:
+        slot = t if keep else 0
+        if keep or fused:
+            inputs_and_h[t, :, carried:] = h[start:stop]
+        if keep:
+            cells[t] = c[start:stop]
+        if fused:
+            _product(inputs_and_h[t], recurrent, packed, a)
+        elif hand:
             _product(h[start:stop], recurrent, packed, a)
         else:
             # W_h·h_{t-1}ᵀ, then transposed: OpenBLAS runs this orientation faster than h_{t-1}·W_hᵀ
             # (1.04× at B = 32, H = 192; 1.34× at H = 256), the two small copies included.
             h_t[:] = h[start:stop].T
             a[:] = numpy.dot(recurrent, h_t).T
-        slot = t if keep else 0
-        if keep:
-            inputs_and_h[t, :, carried:] = h[start:stop]
-            cells[t] = c[start:stop]
         for b in range(start, stop):
-            row, x, act = a[b - start], projected[t, b - start], gates[slot, b - start]
+            row, act = a[b - start], gates[slot, b - start]
+            if not fused:
+                x = projected[t, b - start]
+                for k in range(four_units):
+                    row[k] += x[k] + bias[k]
             for k in range(2 * units):  # σ(a) = ½·tanh(½a) + ½ for f, i (and o below)
-                act[k] = half * tanh(half * (row[k] + x[k] + bias[k])) + half
+                act[k] = half * tanh(half * row[k]) + half
             for k in range(2 * units, 3 * units):
-                act[k] = tanh(row[k] + x[k] + bias[k])
+                act[k] = tanh(row[k])
             for k in range(3 * units, four_units):
-                act[k] = half * tanh(half * (row[k] + x[k] + bias[k])) + half
+                act[k] = half * tanh(half * row[k]) + half
             f, i, g, o = act[:units], act[units : 2 * units], act[2 * units : 3 * units], act[3 * units :]
             mask = masks[t, b] if masks.shape[0] else no_mask
             cb, hb, tanh_c, out = c[b], h[b], tanh_cells[slot, b - start], outputs[t, b]
@@ -333,13 +346,17 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     dtype = weights.dtype
     bias = weights[:, 0].copy()
     bias[:units] += forget_bias
+    fused = weights.nbytes <= FUSED_PRODUCT_MAX_BYTES
     recurrent = weights[:, 1 + input_size :]  # [4H, H]
-    hand = _hand_product(recurrent)
-    if hand:  # W_hᵀ [H, 4H]: only its leftover columns are read unpacked
+    hand = fused or _hand_product(recurrent)
+    if fused:  # Wᵀ [1 + I + H, 4H] with the forget bias: the step's whole product
+        recurrent = numpy.array(weights.T, order="C")
+        recurrent[0] = bias
+    elif hand:  # W_hᵀ [H, 4H]: only its leftover columns are read unpacked
         recurrent = recurrent.T
-        packed = packed_columns(recurrent)
     else:
-        recurrent, packed = numpy.ascontiguousarray(recurrent), numpy.empty((0, 0, 0), dtype)
+        recurrent = numpy.ascontiguousarray(recurrent)
+    packed = packed_columns(recurrent) if hand else numpy.empty((0, 0, 0), dtype)
     masks = numpy.empty((0, batch, units), dtype) if masks is None else numpy.ascontiguousarray(masks, dtype)
     valid = numpy.empty((0, batch), numpy.bool_) if valid is None else numpy.ascontiguousarray(valid[:, :, 0])
     kept = steps if keep_for_backward else 1
@@ -356,12 +373,13 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
         threads spinning on the cores the loops then ran on (large shape: loop 87–91 ms after it, 57–59 ms alone;
         README h-lg)."""
         rows = stop - start
-        inputs_and_h = empty((steps, rows, 1 + input_size + (units if keep_for_backward else 0)), dtype)
+        inputs_and_h = empty((steps, rows, 1 + input_size + (units if keep_for_backward or fused else 0)), dtype)
         inputs_and_h[:, :, 0] = 1
         inputs_and_h[:, :, 1 : 1 + input_size] = inputs[:, start:stop]
-        projected = empty((steps, rows, 4 * units), dtype)
-        numpy.matmul(inputs_and_h[:, :, 1 : 1 + input_size].reshape(steps * rows, input_size),
-                     weights[:, 1 : 1 + input_size].T, out=projected.reshape(steps * rows, 4 * units))
+        projected = empty((0 if fused else steps, rows, 4 * units), dtype)
+        if not fused:
+            numpy.matmul(inputs_and_h[:, :, 1 : 1 + input_size].reshape(steps * rows, input_size),
+                         weights[:, 1 : 1 + input_size].T, out=projected.reshape(steps * rows, 4 * units))
         gates = empty((kept, rows, 4 * units), dtype)
         tanh_cells = empty((kept, rows, units), dtype)
         cells = empty((steps + 1 if keep_for_backward else 0, rows, units), dtype)

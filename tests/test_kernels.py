@@ -125,15 +125,19 @@ def test_compiled_kernels_split_over_row_blocks_equal_generic_code(threads, dtyp
 
 
 @pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
+@pytest.mark.parametrize("limits", [{"FUSED_PRODUCT_MAX_BYTES": -1},
+                                    {"FUSED_PRODUCT_MAX_BYTES": -1, "HAND_PRODUCT_MAX_BYTES": -1}])
 @settings(max_examples=25, deadline=None)
 @given(case=cases(batch=st.integers(1, 7)))
-def test_compiled_backward_with_the_blas_product_equals_generic_code(case):
-    """The backward loop's other per-step product (OpenBLAS, for W_h too big for the hand-written
-    one): float64 within 1e-12 of the generic code."""
+def test_compiled_loops_with_their_other_products_equal_generic_code(limits, case):
+    """The loops' other per-step products (for weights too big for the step's whole product, or W_h too big for
+    the hand-written one: input projection first, then the recurrent term by `_product` or OpenBLAS): float64
+    within 1e-12 of the generic code."""
     from xlstm_backends import numba_kernels
 
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(numba_kernels, "HAND_PRODUCT_MAX_BYTES", -1)
+        for name, value in limits.items():
+            monkeypatch.setattr(numba_kernels, name, value)
         fused, generic = _run_both(monkeypatch, case, "float64", "numba")
     for name in fused:
         np.testing.assert_allclose(fused[name], generic[name], atol=1e-12, rtol=1e-12, err_msg=name)
