@@ -201,11 +201,12 @@ def _product(x, w, packed, out):
 
 
 @numba.njit(**JIT)
-def _forward_loop(projected, bias, recurrent, packed, c, h, masks, valid, outputs, gates, cells, tanh_cells,
+def _forward_loop(inputs, projected, bias, recurrent, packed, c, h, masks, valid, outputs, gates, cells, tanh_cells,
                   inputs_and_h, keep, hand, one, start, stop):
     """Run every step in place for the batch rows [start, stop) (rows never meet, so blocks of
     rows can run on separate threads). Each step's pre-activations are one product: with `projected` [0, b, 4H]
-    the whole step's, [1, x_t, h_{t-1}]·Wᵀ (h_{t-1} copied into inputs_and_h [T, b, 1 + I + H] first; recurrent
+    the whole step's, [1, x_t, h_{t-1}]·Wᵀ (the row written into inputs_and_h [T, b, 1 + I + H] first, from inputs
+    [T, B, I] and h, while in cache; recurrent
     Wᵀ [1 + I + H, 4H] with the forget bias in its first row, and its `packed_columns`, for `_product`); else
     projected [T, b, 4H] holds the block's inputs·W_xᵀ and bias [4H] (with the forget bias) is added here (rather
     than in a pass of its own over projected: 0.8 ms of the main job's step), and the product is the recurrent
@@ -229,6 +230,9 @@ def _forward_loop(projected, bias, recurrent, packed, c, h, masks, valid, output
     a = numpy.empty((stop - start, four_units), gates.dtype)
     for t in range(steps):
         slot = t if keep else 0
+        if fused:
+            inputs_and_h[t, :, 0] = one
+            inputs_and_h[t, :, 1:carried] = inputs[t, start:stop]
         if keep or fused:
             inputs_and_h[t, :, carried:] = h[start:stop]
         if keep:
@@ -344,6 +348,7 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     steps, batch, input_size = inputs.shape
     units = c0.shape[1]
     dtype = weights.dtype
+    inputs = numpy.asarray(inputs, dtype)
     bias = weights[:, 0].copy()
     bias[:units] += forget_bias
     fused = weights.nbytes <= FUSED_PRODUCT_MAX_BYTES
@@ -367,23 +372,23 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     one = dtype.type(1.0)
 
     def block(start: int, stop: int) -> None:
-        """Everything of one block on this thread, in arrays of its own: [1, x_t] copied into its rows (h_{t-1}
-        follows when kept), their inputs·W_xᵀ, the time loop (which adds the bias). An OpenBLAS-threaded projection
+        """Everything of one block on this thread, in arrays of its own: its time loop and, for weights too big for
+        the step's whole product, first its inputs·W_xᵀ (the loop adds the bias). An OpenBLAS-threaded projection
         for the whole batch, with NumPy imported before xlstm (so without its OPENBLAS_THREAD_TIMEOUT), left pool
         threads spinning on the cores the loops then ran on (large shape: loop 87–91 ms after it, 57–59 ms alone;
         README h-lg)."""
         rows = stop - start
         inputs_and_h = empty((steps, rows, 1 + input_size + (units if keep_for_backward or fused else 0)), dtype)
-        inputs_and_h[:, :, 0] = 1
-        inputs_and_h[:, :, 1 : 1 + input_size] = inputs[:, start:stop]
         projected = empty((0 if fused else steps, rows, 4 * units), dtype)
-        if not fused:
+        if not fused:  # the loop writes [1, x_t] itself, step by step, when it has no projection
+            inputs_and_h[:, :, 0] = 1
+            inputs_and_h[:, :, 1 : 1 + input_size] = inputs[:, start:stop]
             numpy.matmul(inputs_and_h[:, :, 1 : 1 + input_size].reshape(steps * rows, input_size),
                          weights[:, 1 : 1 + input_size].T, out=projected.reshape(steps * rows, 4 * units))
         gates = empty((kept, rows, 4 * units), dtype)
         tanh_cells = empty((kept, rows, units), dtype)
         cells = empty((steps + 1 if keep_for_backward else 0, rows, units), dtype)
-        _forward_loop(projected, bias, recurrent, packed, c, h, masks, valid, outputs, gates, cells, tanh_cells,
+        _forward_loop(inputs, projected, bias, recurrent, packed, c, h, masks, valid, outputs, gates, cells, tanh_cells,
                       inputs_and_h, keep_for_backward, hand, one, start, stop)
         if keep_for_backward:
             caches[blocks.index((start, stop))] = RowsCache(inputs_and_h, gates, cells, tanh_cells)
