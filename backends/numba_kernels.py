@@ -58,6 +58,11 @@ def _hand_product(recurrent) -> bool:
     return recurrent.nbytes <= HAND_PRODUCT_MAX_BYTES
 
 
+def _unpacked(dtype) -> "Packed":
+    """Empty packed weights, for a loop whose products OpenBLAS runs."""
+    return Packed(numpy.empty((0, 0, 0), dtype), numpy.empty((0, 0), dtype))
+
+
 def _blas_threads(blocks: list[tuple[int, int]], units: int):
     """A context that keeps the BLAS to one thread inside the time loops when the batch is split
     over threads (they already fill the cores) or the per-step product is small; else to
@@ -166,24 +171,31 @@ def _tile_of(rows: int):
 _tile_rows, _tile_row = _tile_of(TILE_ROWS), _tile_of(1)
 
 
-def packed_columns(w):
-    """w [K, N] as [N // C, K, C]: whole chunks of C = TILE_VECTORS vectors' columns, each contiguous,
-    so that a tile's pass over k reads consecutive lines (in W_h's own rows of 4H = 2048 floats, the
-    32 columns' lines lie 8 KB apart and all land in the same cache sets)."""
+class Packed(NamedTuple):
+    """A product's right operand w [K, N] as `_product` reads it (`packed_columns`)."""
+
+    chunks: numpy.ndarray  # [N // C, K, C]: whole chunks of C = TILE_VECTORS vectors' columns, each contiguous
+    rest: numpy.ndarray  # [K, N % C]: the columns past the last whole chunk
+
+
+def packed_columns(w) -> Packed:
+    """w [K, N] (any strides: a transposed or sliced view is read once, not copied first) in chunks of columns, so
+    that a tile's pass over k reads consecutive lines (in W_h's own rows of 4H = 2048 floats, the 32 columns'
+    lines lie 8 KB apart and all land in the same cache sets)."""
     depth, width = w.shape
     columns = TILE_VECTORS * VECTOR_BITS // (8 * w.itemsize)
-    chunks = width // columns
-    return numpy.ascontiguousarray(w[:, : chunks * columns].reshape(depth, chunks, columns).transpose(1, 0, 2))
+    full = width // columns * columns
+    chunks = numpy.ascontiguousarray(w[:, :full].reshape(depth, full // columns, columns).transpose(1, 0, 2))
+    return Packed(chunks, numpy.ascontiguousarray(w[:, full:]))
 
 
 @numba.njit(**JIT)
-def _product(x, w, packed, out):
-    """out = x·w for x [R, K], w [K, N] and `packed_columns(w)`, out [R, N] (rows contiguous): the
-    per-step recurrent product, with W_h packed once per call. Whole tiles by `_tile_rows`, leftover rows
-    by `_tile_row`, columns past the last whole chunk by a plain loop over w; every entry sums its K
+def _product(x, packed, rest, out):
+    """out = x·w for x [R, K], w [K, N] given as `packed_columns(w)` (packed, rest), out [R, N] (rows contiguous):
+    the per-step product, with its weights packed once per call. Whole tiles by `_tile_rows`, leftover rows
+    by `_tile_row`, the columns past the last whole chunk by a plain loop over `rest`; every entry sums its K
     products in order from zero."""
     rows, depth = x.shape
-    width = w.shape[1]
     chunks, _, columns = packed.shape
     full_rows, full_cols = rows - rows % TILE_ROWS, chunks * columns
     for chunk in range(chunks):
@@ -191,26 +203,26 @@ def _product(x, w, packed, out):
             _tile_rows(x, packed[chunk], out, b, chunk * columns)
         for b in range(full_rows, rows):
             _tile_row(x, packed[chunk], out, b, chunk * columns)
-    for b in range(rows if full_cols < width else 0):
-        rest = out[b, full_cols:]
-        rest[:] = 0
+    for b in range(rows if rest.shape[1] else 0):
+        out_rest = out[b, full_cols:]
+        out_rest[:] = 0
         for k in range(depth):
-            value, w_rest = x[b, k], w[k, full_cols:]
-            for n in range(rest.size):
-                rest[n] += value * w_rest[n]
+            value, w_rest = x[b, k], rest[k]
+            for n in range(out_rest.size):
+                out_rest[n] += value * w_rest[n]
 
 
 @numba.njit(**JIT)
-def _forward_loop(inputs, projected, bias, recurrent, packed, c, h, masks, valid, outputs, gates, cells, tanh_cells,
+def _forward_loop(inputs, projected, bias, recurrent, packed, rest, c, h, masks, valid, outputs, gates, cells, tanh_cells,
                   inputs_and_h, keep, hand, one, start, stop):
     """Run every step in place for the batch rows [start, stop) (rows never meet, so blocks of
     rows can run on separate threads). Each step's pre-activations are one product: with `projected` [0, b, 4H]
-    the whole step's, [1, x_t, h_{t-1}]·Wᵀ (the row written into inputs_and_h [T, b, 1 + I + H] first, from inputs
-    [T, B, I] and h, while in cache; recurrent
-    Wᵀ [1 + I + H, 4H] with the forget bias in its first row, and its `packed_columns`, for `_product`); else
-    projected [T, b, 4H] holds the block's inputs·W_xᵀ and bias [4H] (with the forget bias) is added here (rather
-    than in a pass of its own over projected: 0.8 ms of the main job's step), and the product is the recurrent
-    term only: W_h [4H, H] for OpenBLAS, or W_hᵀ [H, 4H] and its `packed_columns` with `hand`. c, h [B, H] the
+    the whole step's, [1, x_t, h_{t-1}]·Wᵀ by `_product` (the row written into inputs_and_h [T, b, 1 + I + H] first,
+    from inputs [T, B, I] and h, while in cache; packed, rest: `packed_columns` of Wᵀ [1 + I + H, 4H] with the
+    forget bias in its first row); else projected [T, b, 4H] holds the block's inputs·W_xᵀ and bias [4H] (with
+    the forget bias) is added here (rather than in a pass of its own over projected: 0.8 ms of the main job's
+    step), and the product is the recurrent term only: by `_product` with `hand` (packed, rest from W_hᵀ
+    [H, 4H]), else by OpenBLAS with `recurrent` W_h [4H, H]. c, h [B, H] the
     state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B]; outputs [T, B, H]. The block's own
     arrays, indexed from its first row: with `keep` every step's values are kept for the backward pass (gates
     [T, b, 4H], cells [T + 1, b, H], tanh_cells [T, b, H], h_{t-1} in inputs_and_h); without it gates and
@@ -238,9 +250,9 @@ def _forward_loop(inputs, projected, bias, recurrent, packed, c, h, masks, valid
         if keep:
             cells[t] = c[start:stop]
         if fused:
-            _product(inputs_and_h[t], recurrent, packed, a)
+            _product(inputs_and_h[t], packed, rest, a)
         elif hand:
-            _product(h[start:stop], recurrent, packed, a)
+            _product(h[start:stop], packed, rest, a)
         else:
             # W_h·h_{t-1}ᵀ, then transposed: OpenBLAS runs this orientation faster than h_{t-1}·W_hᵀ
             # (1.04× at B = 32, H = 192; 1.34× at H = 256), the two small copies included.
@@ -277,13 +289,13 @@ def _forward_loop(inputs, projected, bias, recurrent, packed, c, h, masks, valid
 
 
 @numba.njit(**JIT)
-def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, packed, d_outputs, d_c, d_h, d_gates, one, hand,
+def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, packed, rest, d_outputs, d_c, d_h, d_gates, one, hand,
                    start, stop):
     """Walk the steps backwards in place for the batch rows [start, stop): d_c, d_h [B, H]
     become the initial state's gradients and the block's d_gates [T, b, 4H] every step's pre-activation
     gradients; gates, cells, tanh_cells are the block's own (`_forward_loop`), masks, valid and d_outputs [T, B, H]
-    the whole batch's. recurrent: W_hᵀ [H, 4H] for OpenBLAS, or W_h [4H, H] and its `packed_columns` with `hand`
-    (`_product`)."""
+    the whole batch's. The per-step product by `_product` with `hand` (packed, rest: `packed_columns` of W_h
+    [4H, H]), else by OpenBLAS with `recurrent` W_hᵀ [H, 4H]."""
     steps, rows, four_units = gates.shape
     units = four_units // 4
     no_mask = numpy.ones(units, gates.dtype)
@@ -312,7 +324,7 @@ def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, packed, d_
                 d_g[j] = dc * i[j] * mask[j] * (one - g[j] * g[j])
                 dcb[j] = dc * f[j]
         if hand:
-            _product(d_gates[t], recurrent, packed, d_h_prev)
+            _product(d_gates[t], packed, rest, d_h_prev)
         else:
             d_gates_t[:] = d_gates[t].T  # W_hᵀ·d_gatesᵀ: OpenBLAS's faster orientation (forward loop)
             d_h_prev[:] = numpy.dot(recurrent, d_gates_t).T
@@ -352,16 +364,18 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     bias = weights[:, 0].copy()
     bias[:units] += forget_bias
     fused = weights.nbytes <= FUSED_PRODUCT_MAX_BYTES
-    recurrent = weights[:, 1 + input_size :]  # [4H, H]
+    recurrent = weights[:, 1 + input_size :]  # W_h [4H, H]
     hand = fused or _hand_product(recurrent)
-    if fused:  # Wᵀ [1 + I + H, 4H] with the forget bias: the step's whole product
-        recurrent = numpy.array(weights.T, order="C")
-        recurrent[0] = bias
-    elif hand:  # W_hᵀ [H, 4H]: only its leftover columns are read unpacked
-        recurrent = recurrent.T
+    if fused:  # Wᵀ [1 + I + H, 4H], its first row the bias with the forget bias: the step's whole product
+        packed = packed_columns(weights.T)
+        chunks, _, columns = packed.chunks.shape
+        packed.chunks[:, 0, :] = bias[: chunks * columns].reshape(chunks, columns)
+        packed.rest[0] = bias[chunks * columns :]
+    elif hand:
+        packed = packed_columns(recurrent.T)
     else:
-        recurrent = numpy.ascontiguousarray(recurrent)
-    packed = packed_columns(recurrent) if hand else numpy.empty((0, 0, 0), dtype)
+        packed = _unpacked(dtype)
+    recurrent = numpy.empty((0, 0), dtype) if hand else numpy.ascontiguousarray(recurrent)  # for OpenBLAS
     masks = numpy.empty((0, batch, units), dtype) if masks is None else numpy.ascontiguousarray(masks, dtype)
     valid = numpy.empty((0, batch), numpy.bool_) if valid is None else numpy.ascontiguousarray(valid[:, :, 0])
     kept = steps if keep_for_backward else 1
@@ -388,7 +402,7 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
         gates = empty((kept, rows, 4 * units), dtype)
         tanh_cells = empty((kept, rows, units), dtype)
         cells = empty((steps + 1 if keep_for_backward else 0, rows, units), dtype)
-        _forward_loop(inputs, projected, bias, recurrent, packed, c, h, masks, valid, outputs, gates, cells, tanh_cells,
+        _forward_loop(inputs, projected, bias, recurrent, *packed, c, h, masks, valid, outputs, gates, cells, tanh_cells,
                       inputs_and_h, keep_for_backward, hand, one, start, stop)
         if keep_for_backward:
             caches[blocks.index((start, stop))] = RowsCache(inputs_and_h, gates, cells, tanh_cells)
@@ -432,10 +446,8 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
     d_outputs, d_c, d_h = _cotangents(dtype, steps, d_outputs, d_c, d_h)
     recurrent = weights[:, 1 + input_size :]  # W_h [4H, H]
     hand = _hand_product(recurrent)
-    if hand:
-        packed = packed_columns(recurrent)
-    else:
-        recurrent, packed = numpy.ascontiguousarray(recurrent.T), numpy.empty((0, 0, 0), dtype)
+    packed = packed_columns(recurrent) if hand else _unpacked(dtype)
+    recurrent = numpy.empty((0, 0), dtype) if hand else numpy.ascontiguousarray(recurrent.T)  # W_hᵀ for OpenBLAS
     d_inputs = empty((steps, d_c.shape[0], input_size), dtype)
     d_weights: list = [None] * len(blocks)
     one = dtype.type(1.0)
@@ -445,7 +457,7 @@ def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
         k, rows = blocks.index((start, stop)), stop - start
         kept = cache.rows[k]
         d_gates = empty((steps, rows, 4 * units), dtype)
-        _backward_loop(kept.gates, kept.cells, kept.tanh_cells, cache.masks, cache.valid, recurrent, packed,
+        _backward_loop(kept.gates, kept.cells, kept.tanh_cells, cache.masks, cache.valid, recurrent, *packed,
                        d_outputs, d_c, d_h, d_gates, one, hand, start, stop)
         flat_d_gates = d_gates.reshape(steps * rows, 4 * units)
         d_weights[k] = flat_d_gates.T @ kept.inputs_and_h.reshape(steps * rows, width)

@@ -168,7 +168,7 @@ def test_hand_written_product_equals_numpy_dot(dtype, tolerance, rows, depth, wi
     rng = np.random.default_rng(seed)
     x, w = rng.normal(size=(rows, depth)).astype(dtype), rng.normal(size=(depth, width)).astype(dtype)
     out = np.full((rows, width), np.nan, dtype)
-    numba_kernels._product(x, w, numba_kernels.packed_columns(w), out)
+    numba_kernels._product(x, *numba_kernels.packed_columns(w), out)
     np.testing.assert_allclose(out, np.dot(x.astype(np.float64), w.astype(np.float64)),
                                atol=tolerance * depth, rtol=tolerance)
     assert out.dtype == dtype
@@ -191,9 +191,9 @@ def test_hand_written_product_on_256_bit_vectors_equals_numpy_dot(monkeypatch, d
     for rows, depth, width in [(19, 40, 70), (8, 7, 16), (1, 1, 1), (9, 192, 768)]:
         x, w = rng.normal(size=(rows, depth)).astype(dtype), rng.normal(size=(depth, width)).astype(dtype)
         packed = numba_kernels.packed_columns(w)
-        assert packed.shape[2] == 2 * 256 // (8 * x.itemsize)  # two 256-bit vectors of columns a chunk
+        assert packed.chunks.shape[2] == 2 * 256 // (8 * x.itemsize)  # two 256-bit vectors of columns a chunk
         out = np.full((rows, width), np.nan, dtype)
-        product(x, w, packed, out)
+        product(x, *packed, out)
         np.testing.assert_allclose(out, np.dot(x.astype(np.float64), w.astype(np.float64)),
                                    atol=(1e-12 if dtype == "float64" else 1e-5) * depth, rtol=1e-5)
 
