@@ -61,9 +61,11 @@ def _hand_product(recurrent) -> bool:
 
 def _fuses(weights, blocks: list[tuple[int, int]]) -> bool:
     """Whether the forward loop's step product takes in the input projection: W within FUSED_PRODUCT_MAX_BYTES, and
-    every block filling `_product`'s row tiles (one-row tiles read all of W for every row: B = 4, H = 256, LSTM
-    forward 6.4–6.8 ms fused against 5.3–5.8 with the projection apart)."""
-    return weights.nbytes <= FUSED_PRODUCT_MAX_BYTES and min(stop - start for start, stop in blocks) >= TILE_ROWS
+    every block filling `_product`'s row tiles or W small enough to stay in L1 (one-row tiles read all of W for
+    every row: B = 4, H = 256, LSTM forward 6.4–6.8 ms fused against 5.4–5.7 with the projection apart; at the
+    bench's tiny shape, B = 1, H = 5, fused is faster)."""
+    rows = min(stop - start for start, stop in blocks)
+    return weights.nbytes <= FUSED_PRODUCT_MAX_BYTES and (rows >= TILE_ROWS or weights.nbytes <= FUSED_ROW_MAX_BYTES)
 
 
 def _unpacked(dtype) -> "Packed":
@@ -94,6 +96,7 @@ HAND_PRODUCT_MAX_BYTES = 4 << 20
 # backward, two threads, 3.8–3.9 ms with the projection against 3.3–3.5 fused; medium (1.6 MB) equal within the
 # noise; large (W 8.4 MB, beyond L2) 105 ms fused against 97–102.
 FUSED_PRODUCT_MAX_BYTES = 4 << 20
+FUSED_ROW_MAX_BYTES = 32 << 10  # ... and, for blocks of fewer rows than a tile, when W stays in L1
 VECTOR_BITS = 512 if llvmlite.binding.get_host_cpu_features().get("avx512f", False) else 256
 TILE_ROWS, TILE_VECTORS = 8, 2
 
