@@ -227,8 +227,8 @@ def _product(x, packed, rest, out):
 
 
 @numba.njit(**JIT)
-def _forward_loop(inputs, projected, bias, recurrent, packed, rest, c, h, masks, valid, outputs, gates, cells, tanh_cells,
-                  inputs_and_h, keep, hand, one, start, stop):
+def _forward_loop(inputs, projected, bias, recurrent, packed, rest, c, h, masks, valid, outputs, gates, cells,
+                  tanh_cells, inputs_and_h, keep, hand, one, start, stop):
     """Run every step in place for the batch rows [start, stop) (rows never meet, so blocks of
     rows can run on separate threads). Each step's pre-activations are one product: with `projected` [0, b, 4H]
     the whole step's, [1, x_t, h_{t-1}]·Wᵀ by `_product` (the row written into inputs_and_h [T, b, 1 + I + H] first,
@@ -303,8 +303,8 @@ def _forward_loop(inputs, projected, bias, recurrent, packed, rest, c, h, masks,
 
 
 @numba.njit(**JIT)
-def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, packed, rest, d_outputs, d_c, d_h, d_gates, one, hand,
-                   start, stop):
+def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, packed, rest, d_outputs, d_c, d_h, d_gates, one,
+                   hand, start, stop):
     """Walk the steps backwards in place for the batch rows [start, stop): d_c, d_h [B, H]
     become the initial state's gradients and the block's d_gates [T, b, 4H] every step's pre-activation
     gradients; gates, cells, tanh_cells are the block's own (`_forward_loop`), masks, valid and d_outputs [T, B, H]
@@ -416,8 +416,8 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
         gates = empty((kept, rows, 4 * units), dtype)
         tanh_cells = empty((kept, rows, units), dtype)
         cells = empty((steps + 1 if keep_for_backward else 0, rows, units), dtype)
-        _forward_loop(inputs, projected, bias, recurrent, *packed, c, h, masks, valid, outputs, gates, cells, tanh_cells,
-                      inputs_and_h, keep_for_backward, hand, one, start, stop)
+        _forward_loop(inputs, projected, bias, recurrent, *packed, c, h, masks, valid, outputs, gates, cells,
+                      tanh_cells, inputs_and_h, keep_for_backward, hand, one, start, stop)
         if keep_for_backward:
             caches[blocks.index((start, stop))] = RowsCache(inputs_and_h, gates, cells, tanh_cells)
 
