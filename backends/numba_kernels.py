@@ -4,10 +4,11 @@ The NumPy kernels pay for every step in calls: about thirty ufunc passes and cop
 [H, B] arrays in the backward step, each a trip through the interpreter, and NumPy's
 float32 tanh on a CPU without AVX-512 runs scalar at ~3 ns an element, a third of a step
 at the default model's size. Here each direction of the whole sequence is one compiled
-call: per step one product (the recurrent term: a hand-written kernel in 512-bit vectors,
-`_product`, or OpenBLAS for a W_h too big for it) and one fused loop over [B, H] that does the
+call: per step one product (a hand-written kernel in 512-bit vectors, `_product`: forwards the whole step's
+[1, x_t, h_{t-1}]·Wᵀ, backwards the recurrent term; for weights too big for it, an input projection
+first and the recurrent term by `_product` or OpenBLAS) and one fused loop over [B, H] that does the
 whole step's pointwise work. Everything is batch-major: gates
-[B, 4H] in the order f, i, o, c, states [B, H]. Batch rows never meet, so the batch is cut into
+[B, 4H] in xlstm's order f, i, c, o, states [B, H]. Batch rows never meet, so the batch is cut into
 row blocks and each runs the whole loop on a thread of its own (`row_threads`, XLSTM_THREADS).
 
 float32 uses a rational approximation of tanh (Eigen's, clamped at ±7.9053: at most a
@@ -30,7 +31,6 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic, overload
 from threadpoolctl import ThreadpoolController
 
-from xlstm_backends.numpy_kernels import kernel_order
 from xlstm_backends.row_threads import row_blocks, run_on_row_blocks, thread_count
 from xlstm_backends.workspace import WORKSPACE
 
@@ -59,6 +59,20 @@ def _hand_product(recurrent) -> bool:
     return recurrent.nbytes <= HAND_PRODUCT_MAX_BYTES
 
 
+def _fuses(weights, blocks: list[tuple[int, int]]) -> bool:
+    """Whether the forward loop's step product takes in the input projection: W within FUSED_PRODUCT_MAX_BYTES, and
+    every block filling `_product`'s row tiles or W small enough to stay in L1 (one-row tiles read all of W for
+    every row: B = 4, H = 256, LSTM forward 6.4–6.8 ms fused against 5.4–5.7 with the projection apart; at the
+    bench's tiny shape, B = 1, H = 5, fused is faster)."""
+    rows = min(stop - start for start, stop in blocks)
+    return weights.nbytes <= FUSED_PRODUCT_MAX_BYTES and (rows >= TILE_ROWS or weights.nbytes <= FUSED_ROW_MAX_BYTES)
+
+
+def _unpacked(dtype) -> "Packed":
+    """Empty packed weights, for a loop whose products OpenBLAS runs."""
+    return Packed(numpy.empty((0, 0, 0), dtype), numpy.empty((0, 0), dtype))
+
+
 def _blas_threads(blocks: list[tuple[int, int]], units: int):
     """A context that keeps the BLAS to one thread inside the time loops when the batch is split
     over threads (they already fill the cores) or the per-step product is small; else to
@@ -77,6 +91,12 @@ JIT = {"error_model": "numpy", "nogil": True, "cache": True, "fastmath": {"contr
 # where the CPU has AVX-512 (numba's own loops stay at 256 bits), 8 × 2 zmm accumulators (4 × 2 took
 # 1.45× the time, 4 × 4 1.25× at the main job's forward product).
 HAND_PRODUCT_MAX_BYTES = 4 << 20
+# The forward loop's step product takes in the input projection, [1, x_t, h_{t-1}]·Wᵀ, when all of W fits this
+# (no projected array [T, B, 4H] written and read back, no adds): main job's shape (W 0.7 MB), LSTM forward kept for
+# backward, two threads, 3.8–3.9 ms with the projection against 3.3–3.5 fused; medium (1.6 MB) equal within the
+# noise; large (W 8.4 MB, beyond L2) 105 ms fused against 97–102.
+FUSED_PRODUCT_MAX_BYTES = 4 << 20
+FUSED_ROW_MAX_BYTES = 32 << 10  # ... and, for blocks of fewer rows than a tile, when W stays in L1
 VECTOR_BITS = 512 if llvmlite.binding.get_host_cpu_features().get("avx512f", False) else 256
 TILE_ROWS, TILE_VECTORS = 8, 2
 
@@ -165,24 +185,31 @@ def _tile_of(rows: int):
 _tile_rows, _tile_row = _tile_of(TILE_ROWS), _tile_of(1)
 
 
-def packed_columns(w):
-    """w [K, N] as [N // C, K, C]: whole chunks of C = TILE_VECTORS vectors' columns, each contiguous,
-    so that a tile's pass over k reads consecutive lines (in W_h's own rows of 4H = 2048 floats, the
-    32 columns' lines lie 8 KB apart and all land in the same cache sets)."""
+class Packed(NamedTuple):
+    """A product's right operand w [K, N] as `_product` reads it (`packed_columns`)."""
+
+    chunks: numpy.ndarray  # [N // C, K, C]: whole chunks of C = TILE_VECTORS vectors' columns, each contiguous
+    rest: numpy.ndarray  # [K, N % C]: the columns past the last whole chunk
+
+
+def packed_columns(w) -> Packed:
+    """w [K, N] (any strides: a transposed or sliced view is read once, not copied first) in chunks of columns, so
+    that a tile's pass over k reads consecutive lines (in W_h's own rows of 4H = 2048 floats, the 32 columns'
+    lines lie 8 KB apart and all land in the same cache sets)."""
     depth, width = w.shape
     columns = TILE_VECTORS * VECTOR_BITS // (8 * w.itemsize)
-    chunks = width // columns
-    return numpy.ascontiguousarray(w[:, : chunks * columns].reshape(depth, chunks, columns).transpose(1, 0, 2))
+    full = width // columns * columns
+    chunks = numpy.ascontiguousarray(w[:, :full].reshape(depth, full // columns, columns).transpose(1, 0, 2))
+    return Packed(chunks, numpy.ascontiguousarray(w[:, full:]))
 
 
 @numba.njit(**JIT)
-def _product(x, w, packed, out):
-    """out = x·w for x [R, K], w [K, N] and `packed_columns(w)`, out [R, N] (rows contiguous): the
-    per-step recurrent product, with W_h packed once per call. Whole tiles by `_tile_rows`, leftover rows
-    by `_tile_row`, columns past the last whole chunk by a plain loop over w; every entry sums its K
+def _product(x, packed, rest, out):
+    """out = x·w for x [R, K], w [K, N] given as `packed_columns(w)` (packed, rest), out [R, N] (rows contiguous):
+    the per-step product, with its weights packed once per call. Whole tiles by `_tile_rows`, leftover rows
+    by `_tile_row`, the columns past the last whole chunk by a plain loop over `rest`; every entry sums its K
     products in order from zero."""
     rows, depth = x.shape
-    width = w.shape[1]
     chunks, _, columns = packed.shape
     full_rows, full_cols = rows - rows % TILE_ROWS, chunks * columns
     for chunk in range(chunks):
@@ -190,57 +217,76 @@ def _product(x, w, packed, out):
             _tile_rows(x, packed[chunk], out, b, chunk * columns)
         for b in range(full_rows, rows):
             _tile_row(x, packed[chunk], out, b, chunk * columns)
-    for b in range(rows if full_cols < width else 0):
-        rest = out[b, full_cols:]
-        rest[:] = 0
+    for b in range(rows if rest.shape[1] else 0):
+        out_rest = out[b, full_cols:]
+        out_rest[:] = 0
         for k in range(depth):
-            value, w_rest = x[b, k], w[k, full_cols:]
-            for n in range(rest.size):
-                rest[n] += value * w_rest[n]
+            value, w_rest = x[b, k], rest[k]
+            for n in range(out_rest.size):
+                out_rest[n] += value * w_rest[n]
 
 
 @numba.njit(**JIT)
-def _forward_loop(projected, bias, recurrent, packed, c, h, masks, valid, outputs, gates, cells, tanh_cells, carried_h,
-                  keep, hand, one, start, stop):
+def _forward_loop(inputs, projected, bias, recurrent, packed, rest, c, h, masks, valid, outputs, gates, cells,
+                  tanh_cells, inputs_and_h, keep, hand, one, start, stop):
     """Run every step in place for the batch rows [start, stop) (rows never meet, so blocks of
-    rows can run on separate threads). projected [T, stop - start, 4H] (the block's inputs·W_xᵀ) and bias
-    [4H] (with the forget bias), added here rather than in a pass of its own over projected (0.8 ms of the
-    main job's step); recurrent W_h [4H, H] for OpenBLAS, or W_hᵀ [H, 4H] and its `packed_columns` with
-    `hand` (the product by `_product`); c, h [B, H] the state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B].
-    With `keep` every step's values are kept for the backward pass (gates, cells, tanh_cells
-    and carried_h have T or T + 1 entries); without it gates and tanh_cells have one, reused.
+    rows can run on separate threads). Each step's pre-activations are one product: with `projected` [0, b, 4H]
+    the whole step's, [1, x_t, h_{t-1}]·Wᵀ by `_product` (the row written into inputs_and_h [T, b, 1 + I + H] first,
+    from inputs [T, B, I] and h, while in cache; packed, rest: `packed_columns` of Wᵀ [1 + I + H, 4H] with the
+    forget bias in its first row); else projected [T, b, 4H] holds the block's inputs·W_xᵀ and bias [4H] (with
+    the forget bias) is added here (rather than in a pass of its own over projected: 0.8 ms of the main job's
+    step), and the product is the recurrent term only: by `_product` with `hand` (packed, rest from W_hᵀ
+    [H, 4H]), else by OpenBLAS with `recurrent` W_h [4H, H]. c, h [B, H] the
+    state, updated; masks [T, B, H] or [0, B, H]; valid [T, B] or [0, B]; outputs [T, B, H]. The block's own
+    arrays, indexed from its first row: with `keep` every step's values are kept for the backward pass (gates
+    [T, b, 4H], cells [T + 1, b, H], tanh_cells [T, b, H], h_{t-1} in inputs_and_h); without it gates and
+    tanh_cells have one step, reused. Gates in xlstm's order f, i, c, o.
 
     Each inner loop runs over one contiguous row with no branch inside, so that the
     compiler vectorises it; rows that differ (finished, dropout) choose their loop outside.
     """
-    steps, _, four_units = projected.shape
+    steps, _, width = inputs_and_h.shape
+    four_units = gates.shape[2]
     units = four_units // 4
-    sigmoids = 3 * units
+    fused = projected.shape[0] == 0
+    carried = width - units
     half, zero = one / (one + one), one - one  # constants in the arrays' dtype (a literal would be float64)
-    no_mask = numpy.ones(units, projected.dtype)
-    h_t = numpy.empty((0 if hand else units, stop - start), projected.dtype)
-    a = numpy.empty((stop - start, four_units), projected.dtype)
+    no_mask = numpy.ones(units, gates.dtype)
+    h_t = numpy.empty((0 if hand else units, stop - start), gates.dtype)
+    a = numpy.empty((stop - start, four_units), gates.dtype)
     for t in range(steps):
-        if hand:
-            _product(h[start:stop], recurrent, packed, a)
+        slot = t if keep else 0
+        if fused:
+            inputs_and_h[t, :, 0] = one
+            inputs_and_h[t, :, 1:carried] = inputs[t, start:stop]
+        if keep or fused:
+            inputs_and_h[t, :, carried:] = h[start:stop]
+        if keep:
+            cells[t] = c[start:stop]
+        if fused:
+            _product(inputs_and_h[t], packed, rest, a)
+        elif hand:
+            _product(h[start:stop], packed, rest, a)
         else:
             # W_h·h_{t-1}ᵀ, then transposed: OpenBLAS runs this orientation faster than h_{t-1}·W_hᵀ
             # (1.04× at B = 32, H = 192; 1.34× at H = 256), the two small copies included.
             h_t[:] = h[start:stop].T
             a[:] = numpy.dot(recurrent, h_t).T
-        slot = t if keep else 0
-        if keep:
-            carried_h[t, start:stop] = h[start:stop]
-            cells[t, start:stop] = c[start:stop]
         for b in range(start, stop):
-            row, x, act = a[b - start], projected[t, b - start], gates[slot, b]
-            for k in range(sigmoids):  # σ(a) = ½·tanh(½a) + ½ for f, i, o
-                act[k] = half * tanh(half * (row[k] + x[k] + bias[k])) + half
-            for k in range(sigmoids, four_units):
-                act[k] = tanh(row[k] + x[k] + bias[k])
-            f, i, o, g = act[:units], act[units : 2 * units], act[2 * units : sigmoids], act[sigmoids:]
+            row, act = a[b - start], gates[slot, b - start]
+            if not fused:
+                x = projected[t, b - start]
+                for k in range(four_units):
+                    row[k] += x[k] + bias[k]
+            for k in range(2 * units):  # σ(a) = ½·tanh(½a) + ½ for f, i (and o below)
+                act[k] = half * tanh(half * row[k]) + half
+            for k in range(2 * units, 3 * units):
+                act[k] = tanh(row[k])
+            for k in range(3 * units, four_units):
+                act[k] = half * tanh(half * row[k]) + half
+            f, i, g, o = act[:units], act[units : 2 * units], act[2 * units : 3 * units], act[3 * units :]
             mask = masks[t, b] if masks.shape[0] else no_mask
-            cb, hb, tanh_c, out = c[b], h[b], tanh_cells[slot, b], outputs[t, b]
+            cb, hb, tanh_c, out = c[b], h[b], tanh_cells[slot, b - start], outputs[t, b]
             if valid.shape[0] == 0 or valid[t, b]:
                 for j in range(units):
                     c_new = f[j] * cb[j] + i[j] * (g[j] * mask[j])
@@ -253,34 +299,36 @@ def _forward_loop(projected, bias, recurrent, packed, c, h, masks, valid, output
                     tanh_c[j] = tanh(f[j] * cb[j] + i[j] * (g[j] * mask[j]))
                     out[j] = zero
     if keep:
-        cells[steps, start:stop] = c[start:stop]
+        cells[steps] = c[start:stop]
 
 
 @numba.njit(**JIT)
-def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, packed, d_outputs, d_c, d_h, d_gates, one, hand,
-                   start, stop):
+def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, packed, rest, d_outputs, d_c, d_h, d_gates, one,
+                   hand, start, stop):
     """Walk the steps backwards in place for the batch rows [start, stop): d_c, d_h [B, H]
-    become the initial state's gradients and d_gates [T, B, 4H] every step's pre-activation
-    gradients. recurrent: W_hᵀ [H, 4H] for OpenBLAS, or W_h [4H, H] and its `packed_columns` with `hand`
-    (`_product`)."""
-    steps, batch, four_units = gates.shape
+    become the initial state's gradients and the block's d_gates [T, b, 4H] every step's pre-activation
+    gradients; gates, cells, tanh_cells are the block's own (`_forward_loop`), masks, valid and d_outputs [T, B, H]
+    the whole batch's. The per-step product by `_product` with `hand` (packed, rest: `packed_columns` of W_h
+    [4H, H]), else by OpenBLAS with `recurrent` W_hᵀ [H, 4H]."""
+    steps, rows, four_units = gates.shape
     units = four_units // 4
     no_mask = numpy.ones(units, gates.dtype)
-    d_gates_t = numpy.empty((0 if hand else four_units, stop - start), gates.dtype)
-    d_h_prev = numpy.empty((stop - start, units), gates.dtype)
-    every_row = numpy.ones(batch, numpy.bool_)  # without lengths every row is alive at every step
+    d_gates_t = numpy.empty((0 if hand else four_units, rows), gates.dtype)
+    d_h_prev = numpy.empty((rows, units), gates.dtype)
+    every_row = numpy.ones(stop, numpy.bool_)  # without lengths every row is alive at every step
     for t in range(steps - 1, -1, -1):
         alive = every_row if valid.shape[0] == 0 else valid[t]
         for b in range(start, stop):
-            d = d_gates[t, b]
+            d = d_gates[t, b - start]
             if not alive[b]:  # a padded step passes the state's gradient straight through
                 d[:] = 0
                 continue
-            act = gates[t, b]
-            f, i, o, g = act[:units], act[units : 2 * units], act[2 * units : 3 * units], act[3 * units :]
-            d_f, d_i, d_o, d_g = d[:units], d[units : 2 * units], d[2 * units : 3 * units], d[3 * units :]
+            act = gates[t, b - start]
+            f, i, g, o = act[:units], act[units : 2 * units], act[2 * units : 3 * units], act[3 * units :]
+            d_f, d_i, d_g, d_o = d[:units], d[units : 2 * units], d[2 * units : 3 * units], d[3 * units :]
             mask = masks[t, b] if masks.shape[0] else no_mask
-            c_prev, tanh_c, d_out, dcb, dhb = cells[t, b], tanh_cells[t, b], d_outputs[t, b], d_c[b], d_h[b]
+            c_prev, tanh_c, d_out = cells[t, b - start], tanh_cells[t, b - start], d_outputs[t, b]
+            dcb, dhb = d_c[b], d_h[b]
             for j in range(units):
                 dh = dhb[j] + d_out[j]
                 dc = dcb[j] + dh * o[j] * (one - tanh_c[j] * tanh_c[j])
@@ -290,24 +338,30 @@ def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, packed, d_
                 d_g[j] = dc * i[j] * mask[j] * (one - g[j] * g[j])
                 dcb[j] = dc * f[j]
         if hand:
-            _product(d_gates[t, start:stop], recurrent, packed, d_h_prev)
+            _product(d_gates[t], packed, rest, d_h_prev)
         else:
-            d_gates_t[:] = d_gates[t, start:stop].T  # W_hᵀ·d_gatesᵀ: OpenBLAS's faster orientation (forward loop)
+            d_gates_t[:] = d_gates[t].T  # W_hᵀ·d_gatesᵀ: OpenBLAS's faster orientation (forward loop)
             d_h_prev[:] = numpy.dot(recurrent, d_gates_t).T
         for b in range(start, stop):
             if alive[b]:
                 d_h[b] = d_h_prev[b - start]
 
 
-class ForwardCache(NamedTuple):
-    """What the backward pass needs from the forward pass (kernel gate order, batch-major)."""
+class RowsCache(NamedTuple):
+    """What the backward pass needs from one row block's forward loop (batch-major, the block's rows only)."""
 
-    weights: numpy.ndarray  # W rows reordered, [4H, 1 + I + H]
-    inputs: numpy.ndarray  # [T, B, 1 + I]: 1, x_t, the rows of the bias and input weights' gradient
-    carried_h: numpy.ndarray  # h_{t-1} for every step [T, B, H]
-    gates: numpy.ndarray  # activated f, i, o and tanh candidate, [T, B, 4H]
-    cells: numpy.ndarray  # c_{t-1} for every step, then c_T: [T + 1, B, H]
-    tanh_cells: numpy.ndarray  # tanh(c_t) [T, B, H]
+    inputs_and_h: numpy.ndarray  # [T, b, 1 + I + H]: 1, x_t, h_{t-1}, the rows of the whole weight gradient
+    gates: numpy.ndarray  # activated f, i and tanh candidate, o: [T, b, 4H]
+    cells: numpy.ndarray  # c_{t-1} for every step, then c_T: [T + 1, b, H]
+    tanh_cells: numpy.ndarray  # tanh(c_t) [T, b, H]
+
+
+class ForwardCache(NamedTuple):
+    """What the backward pass needs from the forward pass: the weights, and each row block's loop."""
+
+    weights: numpy.ndarray  # W as given, [4H, 1 + I + H]
+    blocks: list[tuple[int, int]]  # [start, stop) of every row block
+    rows: list[RowsCache]  # one per block
     masks: numpy.ndarray  # dropout masks [T, B, H], or [0, B, H] without dropout
     valid: numpy.ndarray  # [T, B] booleans, or [0, B] without lengths
 
@@ -320,48 +374,56 @@ def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=
     steps, batch, input_size = inputs.shape
     units = c0.shape[1]
     dtype = weights.dtype
-    w = weights[kernel_order(units)]
-    # [1, x_t]: one product forms the bias's and the input weights' gradients (no pass summing d_gates)
-    ones_and_inputs = empty((steps, batch, 1 + input_size), dtype)
-    ones_and_inputs[:, :, 0] = 1
-    ones_and_inputs[:, :, 1:] = inputs
-    input_weights = w[:, 1 : 1 + input_size].T
-    bias = w[:, 0].copy()
+    inputs = numpy.asarray(inputs, dtype)
+    bias = weights[:, 0].copy()
     bias[:units] += forget_bias
-    recurrent = numpy.ascontiguousarray(w[:, 1 + input_size :])  # [4H, H]
+    blocks = _row_blocks(batch, units)
+    fused = _fuses(weights, blocks)
+    recurrent = weights[:, 1 + input_size :]  # W_h [4H, H]
+    hand = fused or _hand_product(recurrent)
+    if fused:  # Wᵀ [1 + I + H, 4H], its first row the bias with the forget bias: the step's whole product
+        packed = packed_columns(weights.T)
+        chunks, _, columns = packed.chunks.shape
+        packed.chunks[:, 0, :] = bias[: chunks * columns].reshape(chunks, columns)
+        packed.rest[0] = bias[chunks * columns :]
+    elif hand:
+        packed = packed_columns(recurrent.T)
+    else:
+        packed = _unpacked(dtype)
+    recurrent = numpy.empty((0, 0), dtype) if hand else numpy.ascontiguousarray(recurrent)  # for OpenBLAS
     masks = numpy.empty((0, batch, units), dtype) if masks is None else numpy.ascontiguousarray(masks, dtype)
     valid = numpy.empty((0, batch), numpy.bool_) if valid is None else numpy.ascontiguousarray(valid[:, :, 0])
     kept = steps if keep_for_backward else 1
     c, h = numpy.array(c0, dtype, order="C"), numpy.array(h0, dtype, order="C")  # copies: updated in place
     outputs = empty((steps, batch, units), dtype)
-    gates = empty((kept, batch, 4 * units), dtype)
-    tanh_cells = empty((kept, batch, units), dtype)
-    cells = empty((steps + 1 if keep_for_backward else 0, batch, units), dtype)
-    carried_h = empty((steps if keep_for_backward else 0, batch, units), dtype)
-    blocks = _row_blocks(batch, units)
-    hand = _hand_product(recurrent)
-    if hand:
-        recurrent = numpy.ascontiguousarray(recurrent.T)
-    packed = packed_columns(recurrent) if hand else numpy.empty((0, 0, 0), dtype)
+    caches: list = [None] * len(blocks)
+    one = dtype.type(1.0)
 
     def block(start: int, stop: int) -> None:
-        """Project the block's inputs (inputs·W_xᵀ) on this thread, then run its time loop (which adds the
-        bias): an OpenBLAS-threaded projection for the whole batch, with NumPy imported before xlstm (so without
-        its OPENBLAS_THREAD_TIMEOUT), left pool threads spinning on the cores the loops then ran on
-        (large shape: loop 87–91 ms after it, 57–59 ms alone; README h-lg)."""
+        """Everything of one block on this thread, in arrays of its own: its time loop and, for weights too big for
+        the step's whole product, first its inputs·W_xᵀ (the loop adds the bias). An OpenBLAS-threaded projection
+        for the whole batch, with NumPy imported before xlstm (so without its OPENBLAS_THREAD_TIMEOUT), left pool
+        threads spinning on the cores the loops then ran on (large shape: loop 87–91 ms after it, 57–59 ms alone;
+        README h-lg)."""
         rows = stop - start
-        block_inputs = empty((steps, rows, input_size), dtype)
-        block_inputs[:] = ones_and_inputs[:, start:stop, 1:]  # contiguous: one 2-D product beats T batched ones
-        projected = empty((steps, rows, 4 * units), dtype)
-        numpy.matmul(block_inputs.reshape(steps * rows, input_size), input_weights,
-                     out=projected.reshape(steps * rows, 4 * units))
-        _forward_loop(projected, bias, recurrent, packed, c, h, masks, valid, outputs, gates, cells, tanh_cells,
-                      carried_h, keep_for_backward, hand, dtype.type(1.0), start, stop)
+        inputs_and_h = empty((steps, rows, 1 + input_size + (units if keep_for_backward or fused else 0)), dtype)
+        projected = empty((0 if fused else steps, rows, 4 * units), dtype)
+        if not fused:  # the loop writes [1, x_t] itself, step by step, when it has no projection
+            inputs_and_h[:, :, 0] = 1
+            inputs_and_h[:, :, 1 : 1 + input_size] = inputs[:, start:stop]
+            numpy.matmul(inputs_and_h[:, :, 1 : 1 + input_size].reshape(steps * rows, input_size),
+                         weights[:, 1 : 1 + input_size].T, out=projected.reshape(steps * rows, 4 * units))
+        gates = empty((kept, rows, 4 * units), dtype)
+        tanh_cells = empty((kept, rows, units), dtype)
+        cells = empty((steps + 1 if keep_for_backward else 0, rows, units), dtype)
+        _forward_loop(inputs, projected, bias, recurrent, *packed, c, h, masks, valid, outputs, gates, cells,
+                      tanh_cells, inputs_and_h, keep_for_backward, hand, one, start, stop)
+        if keep_for_backward:
+            caches[blocks.index((start, stop))] = RowsCache(inputs_and_h, gates, cells, tanh_cells)
 
     with _blas_threads(blocks, units):
         run_on_row_blocks(block, blocks)
-    cache = (ForwardCache(w, ones_and_inputs, carried_h, gates, cells, tanh_cells, masks, valid)
-             if keep_for_backward else None)
+    cache = ForwardCache(weights, blocks, caches, masks, valid) if keep_for_backward else None
     return outputs, c, h, cache
 
 
@@ -369,42 +431,69 @@ def backward_buffers(weights, input_size: int, units: int, steps: int, d_outputs
     """What a backward loop reads and writes, batch-major in the weights' dtype: d_outputs [T, B, H]
     (zeros when None), copies of d_c and d_h (updated in place), d_gates [T, B, 4H] to fill, and
     the recurrent weights transposed, [H, 4H]."""
-    dtype, batch = weights.dtype, d_c.shape[0]
-    if d_outputs is None:
-        d_outputs = numpy.zeros((steps, batch, units), dtype)
-    d_outputs = numpy.ascontiguousarray(d_outputs, dtype)
-    d_c, d_h = numpy.array(d_c, dtype, order="C"), numpy.array(d_h, dtype, order="C")
-    d_gates = empty((steps, batch, 4 * units), dtype)
+    d_outputs, d_c, d_h = _cotangents(weights.dtype, steps, d_outputs, d_c, d_h)
+    d_gates = empty((steps, d_c.shape[0], 4 * units), weights.dtype)
     recurrent_t = numpy.ascontiguousarray(weights[:, 1 + input_size :].T)
     return d_outputs, d_c, d_h, d_gates, recurrent_t
 
 
-def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
-    """Backpropagate through the loop of `lstm_forward`.
+def _cotangents(dtype, steps: int, d_outputs, d_c, d_h) -> tuple:
+    """d_outputs [T, B, H] batch-major in `dtype` (zeros when None), and copies of d_c, d_h (updated in place)."""
+    if d_outputs is None:
+        d_outputs = numpy.zeros((steps, *d_c.shape), dtype)
+    d_outputs = numpy.ascontiguousarray(d_outputs, dtype)
+    return d_outputs, numpy.array(d_c, dtype, order="C"), numpy.array(d_h, dtype, order="C")
 
-    Returns (d_weights in xlstm's layout [4H, 1 + I + H], d_inputs [T, B, I], d_c0, d_h0).
+
+def lstm_backward(cache: ForwardCache, d_outputs, d_c, d_h):
+    """Backpropagate through the loop of `lstm_forward`, each row block on the thread it ran on forwards: its
+    time loop, then its share of the weight gradient (one product over its rows [1, x_t, h_{t-1}]) and of the
+    input gradient, on one BLAS thread (a lone block's after its loop, on the library's threads); the blocks'
+    weight gradients are summed.
+
+    Returns (d_weights [4H, 1 + I + H], d_inputs [T, B, I], d_c0, d_h0).
     """
-    steps, batch, width = cache.inputs.shape
-    input_size = width - 1
-    units = cache.cells.shape[2]
-    dtype = cache.gates.dtype
-    d_outputs, d_c, d_h, d_gates, recurrent_t = backward_buffers(cache.weights, input_size, units, steps, d_outputs,
-                                                                 d_c, d_h)
-    blocks = _row_blocks(batch, units)
-    hand = _hand_product(recurrent_t)
-    recurrent = numpy.ascontiguousarray(cache.weights[:, 1 + input_size :]) if hand else recurrent_t
-    packed = packed_columns(recurrent) if hand else numpy.empty((0, 0, 0), dtype)
+    weights, blocks = cache.weights, cache.blocks
+    steps, _, width = cache.rows[0].inputs_and_h.shape
+    units = weights.shape[0] // 4
+    input_size = width - 1 - units
+    dtype = weights.dtype
+    d_outputs, d_c, d_h = _cotangents(dtype, steps, d_outputs, d_c, d_h)
+    recurrent = weights[:, 1 + input_size :]  # W_h [4H, H]
+    hand = _hand_product(recurrent)
+    packed = packed_columns(recurrent) if hand else _unpacked(dtype)
+    recurrent = numpy.empty((0, 0), dtype) if hand else numpy.ascontiguousarray(recurrent.T)  # W_hᵀ for OpenBLAS
+    d_inputs = empty((steps, d_c.shape[0], input_size), dtype)
+    d_gates: list = [None] * len(blocks)  # each block's [T, b, 4H]
+    d_weights: list = [None] * len(blocks)
+    one = dtype.type(1.0)
+
+    def loop(start: int, stop: int) -> None:
+        """One block's backward loop, on this thread."""
+        k = blocks.index((start, stop))
+        kept = cache.rows[k]
+        d_gates[k] = empty((steps, stop - start, 4 * units), dtype)
+        _backward_loop(kept.gates, kept.cells, kept.tanh_cells, cache.masks, cache.valid, recurrent, *packed,
+                       d_outputs, d_c, d_h, d_gates[k], one, hand, start, stop)
+
+    def products(start: int, stop: int) -> None:
+        """One block's shares of the weight and input gradients, from its d_gates."""
+        k, rows = blocks.index((start, stop)), stop - start
+        flat_d_gates = d_gates[k].reshape(steps * rows, 4 * units)
+        d_weights[k] = flat_d_gates.T @ cache.rows[k].inputs_and_h.reshape(steps * rows, width)
+        block_d_inputs = empty((steps, rows, input_size), dtype)
+        numpy.matmul(flat_d_gates, weights[:, 1 : 1 + input_size], out=block_d_inputs.reshape(steps * rows,
+                                                                                           input_size))
+        d_inputs[:, start:stop] = block_d_inputs
+
     with _blas_threads(blocks, units):
-        run_on_row_blocks(lambda start, stop: _backward_loop(cache.gates, cache.cells, cache.tanh_cells, cache.masks,
-                                                             cache.valid, recurrent, packed, d_outputs, d_c, d_h,
-                                                             d_gates, dtype.type(1.0), hand, start, stop), blocks)
-    rows = steps * batch
-    flat_d_gates = d_gates.reshape(rows, 4 * units)
-    d_weights = numpy.empty_like(cache.weights)
-    numpy.matmul(flat_d_gates.T, cache.inputs.reshape(rows, 1 + input_size), out=d_weights[:, : 1 + input_size])
-    numpy.matmul(flat_d_gates.T, cache.carried_h.reshape(rows, units), out=d_weights[:, 1 + input_size :])
-    d_inputs = empty((rows, input_size), dtype)
-    numpy.matmul(flat_d_gates, cache.weights[:, 1 : 1 + input_size], out=d_inputs)
-    unordered = numpy.empty_like(d_weights)
-    unordered[kernel_order(units)] = d_weights
-    return unordered, d_inputs.reshape(steps, batch, input_size), d_c, d_h
+        if len(blocks) > 1:  # each thread goes on to its own products: no hand-off to OpenBLAS's threads
+            run_on_row_blocks(lambda start, stop: (loop(start, stop), products(start, stop)), blocks)
+        else:
+            loop(*blocks[0])
+    if len(blocks) == 1:  # one block: its products on as many BLAS threads as the library is given
+        products(*blocks[0])
+    total = d_weights[0]
+    for other in d_weights[1:]:
+        total += other
+    return total, d_inputs, d_c, d_h

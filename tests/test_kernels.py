@@ -102,12 +102,14 @@ def test_numpy_kernels_on_row_blocks_equal_generic_code(threads, dtype, toleranc
 
 @pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
 @pytest.mark.parametrize("threads", ["2", "3"])
+@pytest.mark.parametrize("fuses", [True, False])
 @pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
 @settings(max_examples=25, deadline=None)
 @given(case=cases(batch=st.integers(2, 7)))
-def test_compiled_kernels_split_over_row_blocks_equal_generic_code(threads, dtype, tolerance, case):
-    """The batch cut into 2 or 3 blocks of unequal sizes, each block's time loop on its own thread,
-    with lengths and dropout: the same numbers as the generic code."""
+def test_compiled_kernels_split_over_row_blocks_equal_generic_code(threads, fuses, dtype, tolerance, case):
+    """The batch cut into 2 or 3 blocks of unequal sizes, each block's time loop on its own thread (the forward's
+    step product with the input projection in it or apart), with lengths and dropout: the same numbers as the
+    generic code."""
     from xlstm_backends import numba_kernels
 
     blocks_seen = []
@@ -116,6 +118,7 @@ def test_compiled_kernels_split_over_row_blocks_equal_generic_code(threads, dtyp
         monkeypatch.setenv(row_threads.THREADS_VARIABLE, threads)
         monkeypatch.setattr(numba_kernels, "MIN_ROWS", 1)
         monkeypatch.setattr(numba_kernels, "MIN_ROW_UNITS", 1)
+        monkeypatch.setattr(numba_kernels, "_fuses", lambda weights, blocks: fuses)
         monkeypatch.setattr(numba_kernels, "run_on_row_blocks",
                             lambda work, blocks: blocks_seen.append(len(blocks)) or split(work, blocks))
         fused, generic = _run_both(monkeypatch, case, dtype, "numba")
@@ -125,15 +128,20 @@ def test_compiled_kernels_split_over_row_blocks_equal_generic_code(threads, dtyp
 
 
 @pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
+@pytest.mark.parametrize("fuses, hand_limit", [(True, None), (False, None), (False, -1)])
 @settings(max_examples=25, deadline=None)
 @given(case=cases(batch=st.integers(1, 7)))
-def test_compiled_backward_with_the_blas_product_equals_generic_code(case):
-    """The backward loop's other per-step product (OpenBLAS, for W_h too big for the hand-written
-    one): float64 within 1e-12 of the generic code."""
+def test_compiled_loops_with_each_kind_of_product_equal_generic_code(fuses, hand_limit, case):
+    """Every way the loops form a step's product, whatever the sizes would choose: the forward's whole
+    [1, x_t, h_{t-1}]·Wᵀ (also for blocks smaller than a row tile), or an input projection first and the
+    recurrent term by `_product` or by OpenBLAS (W_h too big for `_product`): float64 within 1e-12 of the generic
+    code."""
     from xlstm_backends import numba_kernels
 
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(numba_kernels, "HAND_PRODUCT_MAX_BYTES", -1)
+        monkeypatch.setattr(numba_kernels, "_fuses", lambda weights, blocks: fuses)
+        if hand_limit is not None:
+            monkeypatch.setattr(numba_kernels, "HAND_PRODUCT_MAX_BYTES", hand_limit)
         fused, generic = _run_both(monkeypatch, case, "float64", "numba")
     for name in fused:
         np.testing.assert_allclose(fused[name], generic[name], atol=1e-12, rtol=1e-12, err_msg=name)
@@ -164,7 +172,7 @@ def test_hand_written_product_equals_numpy_dot(dtype, tolerance, rows, depth, wi
     rng = np.random.default_rng(seed)
     x, w = rng.normal(size=(rows, depth)).astype(dtype), rng.normal(size=(depth, width)).astype(dtype)
     out = np.full((rows, width), np.nan, dtype)
-    numba_kernels._product(x, w, numba_kernels.packed_columns(w), out)
+    numba_kernels._product(x, *numba_kernels.packed_columns(w), out)
     np.testing.assert_allclose(out, np.dot(x.astype(np.float64), w.astype(np.float64)),
                                atol=tolerance * depth, rtol=tolerance)
     assert out.dtype == dtype
@@ -187,9 +195,9 @@ def test_hand_written_product_on_256_bit_vectors_equals_numpy_dot(monkeypatch, d
     for rows, depth, width in [(19, 40, 70), (8, 7, 16), (1, 1, 1), (9, 192, 768)]:
         x, w = rng.normal(size=(rows, depth)).astype(dtype), rng.normal(size=(depth, width)).astype(dtype)
         packed = numba_kernels.packed_columns(w)
-        assert packed.shape[2] == 2 * 256 // (8 * x.itemsize)  # two 256-bit vectors of columns a chunk
+        assert packed.chunks.shape[2] == 2 * 256 // (8 * x.itemsize)  # two 256-bit vectors of columns a chunk
         out = np.full((rows, width), np.nan, dtype)
-        product(x, w, packed, out)
+        product(x, *packed, out)
         np.testing.assert_allclose(out, np.dot(x.astype(np.float64), w.astype(np.float64)),
                                    atol=(1e-12 if dtype == "float64" else 1e-5) * depth, rtol=1e-5)
 
