@@ -169,23 +169,23 @@ def softmax_cross_entropy_gradient(exps: numpy.ndarray, sums: numpy.ndarray, lab
 
 
 @numba.njit(**LOSS_JIT)
-def _output_rows(x, kernel, packed, kernel_t, packed_t, bias, labels, scales, logits, exps, sums, losses, gradient,
+def _output_rows(x, packed, rest, packed_t, rest_t, bias, labels, scales, logits, exps, sums, losses, gradient,
                  d_x, start, stop):
     """Rows [start, stop) of the output layer, a chunk of logits.shape[0] rows at a time: logits = x·kernel + bias,
-    losses, gradient = d Σ scale·loss / d logits, d_x = gradient·kernelᵀ (kernel_t, contiguous); packed and
-    packed_t are `packed_columns` of kernel and kernel_t."""
+    losses, gradient = d Σ scale·loss / d logits, d_x = gradient·kernelᵀ; (packed, rest) and (packed_t, rest_t)
+    are `packed_columns` of the kernel and of its transpose."""
     chunk = logits.shape[0]
     for first in range(start, stop, chunk):
         last = min(first + chunk, stop)
         rows, chunk_labels, chunk_gradient = last - first, labels[first:last], gradient[first:last]
-        _product(x[first:last], kernel, packed, logits[:rows])
+        _product(x[first:last], packed, rest, logits[:rows])
         for i in range(rows):
             row = logits[i]
             for k in range(row.shape[0]):
                 row[k] += bias[k]
         _softmax_rows(logits[:rows], chunk_labels, losses[first:last], exps[:rows], sums[:rows])
         _gradient_rows(exps[:rows], sums[:rows], chunk_labels, scales[:rows], chunk_gradient)
-        _product(chunk_gradient, kernel_t, packed_t, d_x[first:last])
+        _product(chunk_gradient, packed_t, rest_t, d_x[first:last])
 
 
 def output_layer_rows(x: numpy.ndarray, kernel: numpy.ndarray, bias: numpy.ndarray, labels: numpy.ndarray,
@@ -193,14 +193,13 @@ def output_layer_rows(x: numpy.ndarray, kernel: numpy.ndarray, bias: numpy.ndarr
                       chunk: int) -> Callable[[int, int], None]:
     """rows(start, stop), which fills gradient [N, V], d_x [N, H] and losses [N] for rows [start, stop) of
     x [N, H] (C-contiguous) against labels [N], `chunk` rows at a time (see `output_layer.py`)."""
-    kernel_t = numpy.ascontiguousarray(kernel.T)
-    packed, packed_t = packed_columns(kernel), packed_columns(kernel_t)
+    packed, packed_t = packed_columns(kernel), packed_columns(kernel.T)  # the transpose is read once, not copied
     classes, dtype = kernel.shape[1], x.dtype
 
     def rows(start: int, stop: int) -> None:
         size = max(1, min(chunk, stop - start))
         logits, exps = numpy.empty((size, classes), dtype), numpy.empty((size, classes), dtype)
-        _output_rows(x, kernel, packed, kernel_t, packed_t, bias, labels, numpy.full(size, row_scale, dtype), logits,
+        _output_rows(x, *packed, *packed_t, bias, labels, numpy.full(size, row_scale, dtype), logits,
                      exps, numpy.empty(size, dtype), losses, gradient, d_x, start, stop)
 
     return rows
