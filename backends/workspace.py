@@ -17,7 +17,7 @@ import threading
 import numpy
 
 SMALL_BYTES = 1 << 16  # below this, numpy.empty is cheap enough: no pooling
-KEEP_FREE_BYTES = 256 << 20  # free blocks beyond this are released, least recently used first
+KEEP_FREE_BYTES = 256 << 20  # free blocks beyond this are released when the pool grows, least recently used first
 _UNREFERENCED = 2  # sys.getrefcount(blocks[k]) of a free block: the list's reference and the argument's
 
 
@@ -37,12 +37,14 @@ class Workspace:
             return numpy.empty(shape, dtype)
         with self._lock:
             block = self._free_block(size)
-            if block is None:
+            grown = block is None
+            if grown:
                 block = numpy.empty(size, numpy.uint8)
             self._blocks.append(block)  # most recently used last
             array = block[:size].view(dtype).reshape(shape)
             del block
-            self._release_surplus()
+            if grown:  # taking a free block only shrinks the free bytes: nothing to release then
+                self._release_surplus()
         return array
 
     def _free_block(self, size: int) -> numpy.ndarray | None:
