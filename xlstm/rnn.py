@@ -41,6 +41,7 @@ def dynamic_rnn(
     With `sequence_length` [B], row b's outputs past its length are zero and its state
     stops changing there, so `final_state` holds each row's state at its own last step.
     A `MultiRNNCell` runs layer by layer; its states are tuples, bottom layer first.
+    `inputs` may be `TableRows(table, ids)`: the rows table[ids], ids [B, T] ([T, B]).
     """
     if isinstance(cell, MultiRNNCell):
         outputs, final_state, _ = _stack_vjp(cell, inputs, initial_state, sequence_length, time_major, False)
@@ -61,7 +62,8 @@ def dynamic_rnn_vjp(
     `backward` takes the gradients of a loss w.r.t. the outputs and the final state
     (either may be None, meaning zero) and returns a dict: "weights" (and "norm_gain",
     "norm_shift" under layer norm) shaped like the parameters, "inputs" shaped like the
-    inputs and "initial_state" (an LSTMState). Padded steps pass no gradient. For a
+    inputs (for `TableRows` inputs: the table's gradient, each position's row added to its id's)
+    and "initial_state" (an LSTMState). Padded steps pass no gradient. For a
     `MultiRNNCell` the parameter keys are those of `cell.parameters()` ("cell_K/weights", ...)
     and the states are tuples, bottom layer first.
     """
