@@ -65,9 +65,9 @@ def table_cases(draw):
 @settings(max_examples=25, deadline=None)
 @given(drawn=table_cases())
 def test_compiled_table_gradient_equals_generic_code(few_rows, dtype, tolerance, drawn):
-    """The compiled backward's table gradient, folded (a table of one row: summed by id per row block) or from
-    the per-position gradients (more table rows than positions), 1-3 row blocks, with lengths: the generic
-    code's numbers."""
+    """The compiled kernels on table rows, the table's gradient folded (a table of one row: the pre-activation
+    gradients summed by id per row block) or not (more table rows than positions), 1-3 row blocks, with
+    lengths: the generic code's outputs and gradients."""
     from xlstm_backends import numba_kernels
 
     seed, steps, batch, lengths, threads = drawn
@@ -75,23 +75,21 @@ def test_compiled_table_gradient_equals_generic_code(few_rows, dtype, tolerance,
     case = _case(seed, rows, steps, batch, size=3, units=5)
     lengths = None if lengths is None else np.random.default_rng(seed).integers(0, steps + 1, batch).tolist()
     results, folds = [], []
-    blocks_backward = numba_kernels._backward
+    decide = numba_kernels._table_folds
     for kernels in (numba_kernels, None):
         with pytest.MonkeyPatch.context() as monkeypatch:
             monkeypatch.setenv(row_threads.THREADS_VARIABLE, threads)
             monkeypatch.setattr(numba_kernels, "MIN_ROWS", 1)
             monkeypatch.setattr(numba_kernels, "MIN_ROW_UNITS", 1)
             monkeypatch.setattr(NumpyLibrary, "lstm_kernels", lambda self, kernels=kernels: kernels)
-            monkeypatch.setattr(numba_kernels, "_backward", lambda cache, *args: folds.append(
-                args[3] is not None and args[3].shape[0] * len(cache.blocks) <= steps * batch)
-                or blocks_backward(cache, *args))
+            monkeypatch.setattr(numba_kernels, "_table_folds", lambda *args: folds.append(decide(*args)) or folds[-1])
             on = lambda a: xlstm.asarray(a, dtype=dtype, backend="numpy")  # noqa: E731
             outputs, _, backward = xlstm.dynamic_rnn_vjp(
                 _stack(case, 1, "numpy", dtype), TableRows(on(case["table"]), xlstm.asarray(case["ids"], backend="numpy")),
                 sequence_length=lengths)
-            results.append(backward(on(case["d_out"])))
-    assert folds == [few_rows]  # the compiled run took the table path; the generic one has no kernels
-    for name in ("inputs", "cell_0/weights"):
+            results.append({"outputs": outputs, **backward(on(case["d_out"]))})
+    assert folds == [few_rows]  # the compiled backward took the table path; the generic run has no kernels
+    for name in ("outputs", "inputs", "cell_0/weights"):
         _assert_close(xlstm.to_numpy(results[0][name]), xlstm.to_numpy(results[1][name]), tolerance, name)
 
 
