@@ -37,7 +37,7 @@ import numpy
 from numba.core import types
 from numba.extending import intrinsic, overload
 
-from xlstm_backends.numba_kernels import _product, packed_columns
+from xlstm_backends.numba_kernels import _product, _scatter_add_loop, packed_columns
 from xlstm_backends.workspace import WORKSPACE
 
 DESCRIPTION = f"compiled kernels (numba {numba.__version__})"
@@ -229,18 +229,6 @@ def adam(param: numpy.ndarray, grad: numpy.ndarray, exp_avg: numpy.ndarray, exp_
     _adam_loop(param, grad, exp_avg, exp_avg_sq, cast(beta1), cast(1.0 - beta1), cast(beta2), cast(1.0 - beta2),
                cast(step_size), cast(bias_correction2_sqrt), cast(epsilon), cast(decay), *out)
     return out
-
-
-@numba.njit(**EXACT_JIT)
-def _scatter_add_loop(ids, values, total):
-    """total[ids[k]] += values[k] for every k, in order; an id outside total's rows is an error."""
-    for k in range(ids.shape[0]):
-        row = ids[k]
-        if row < 0 or row >= total.shape[0]:
-            raise IndexError("scatter_add_rows: an id lies outside [0, num_rows)")
-        target, source = total[row], values[k]
-        for j in range(source.shape[0]):
-            target[j] += source[j]
 
 
 def scatter_add_rows(num_rows: int, ids: numpy.ndarray, values: numpy.ndarray) -> numpy.ndarray:

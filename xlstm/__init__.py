@@ -19,6 +19,7 @@ from xlstm.losses import sequence_loss, sequence_loss_vjp, softmax_cross_entropy
 from xlstm.onnx_export import export_onnx
 from xlstm.stack import MultiRNNCell
 from xlstm.rnn import dynamic_rnn, dynamic_rnn_vjp
+from xlstm.table_rows import TableRows
 from xlstm.bidirectional import bidirectional_dynamic_rnn, bidirectional_dynamic_rnn_vjp, reverse_sequence
 from xlstm.sequence import LSTM, Bidirectional, Reversed
 from xlstm.serialization import load, save
@@ -35,6 +36,7 @@ __all__ = [
     "LSTMState",
     "MultiRNNCell",
     "Reversed",
+    "TableRows",
     "asarray",
     "available_backends",
     "bidirectional_dynamic_rnn",

@@ -19,6 +19,7 @@ from xlstm.dense import Dense
 from xlstm.losses import softmax_cross_entropy, softmax_cross_entropy_vjp
 from xlstm.rnn import dynamic_rnn, dynamic_rnn_vjp
 from xlstm.stack import MultiRNNCell
+from xlstm.table_rows import TableRows
 
 
 LOGIT_BLOCK_ELEMENTS = 1 << 22  # logits (4 Mi, 16 MiB in float32) computed at a time in a step
@@ -126,23 +127,20 @@ class CharLM:
         return self.stack.zero_state(batch_size)
 
     def _embed(self, ids: Any, time_major: bool = False) -> Any:
-        """Row lookup in the embedding table: ids [B, T] → [B, T, E] ([T, B, E] when time_major)."""
-        flat_ids = self._token_rows(ids, time_major)
-        shape = (ids.shape[1], ids.shape[0]) if time_major else tuple(ids.shape)
-        return self._lookup(flat_ids, shape)
+        """Row lookup in the embedding table (a take, no one-hot matmul): ids [B, T] → [B, T, E]
+        ([T, B, E] when time_major)."""
+        self._check_ids(ids)
+        xp = namespace_of(ids=ids, embedding=self.embedding)
+        ordered = xp.permute_dims(ids, (1, 0)) if time_major else ids
+        rows = xp.take(self.embedding, xp.reshape(ordered, (-1,)), axis=0)
+        return xp.reshape(rows, (*ordered.shape, self.embedding_size))
 
-    def _token_rows(self, ids: Any, time_major: bool) -> Any:
-        """Checked ids [B, T] as one row of ids, batch- or time-major (row t·B + b)."""
+    def _check_ids(self, ids: Any) -> None:
+        """ids must be [batch, time] token ids of the vocabulary (checked before any work)."""
         xp = namespace_of(ids=ids, embedding=self.embedding)
         check_integer("inputs", ids, xp)
         check_shape("inputs", ids, (None, None), "[batch, time] token ids")
         check_range("inputs", ids, xp, 0, self.vocab_size - 1, "token ids of the vocabulary")
-        return xp.reshape(xp.permute_dims(ids, (1, 0)) if time_major else ids, (-1,))
-
-    def _lookup(self, flat_ids: Any, shape: tuple[int, int]) -> Any:
-        """The embedding rows of flat_ids [N] as [*shape, E] (a take, no one-hot matmul)."""
-        xp = namespace_of(ids=flat_ids, embedding=self.embedding)
-        return xp.reshape(xp.take(self.embedding, flat_ids, axis=0), (*shape, self.embedding_size))
 
     def loss_and_grads(self, inputs: Any, targets: Any, state: tuple | None = None) -> LossAndGrads:
         """Mean next-token cross-entropy over the window, its gradients and the final state.
@@ -153,9 +151,11 @@ class CharLM:
         mean over every position does not depend on the order of the rows.
         """
         xp = namespace_of(inputs=inputs, targets=targets, embedding=self.embedding)
-        flat_ids = self._token_rows(inputs, time_major=True)
+        self._check_ids(inputs)
         self._check_targets(targets, inputs, xp)
-        embedded = self._lookup(flat_ids, (inputs.shape[1], inputs.shape[0]))
+        # The embedding rows go in as TableRows, so the backward pass hands back the embedding's
+        # gradient itself (each position's input gradient added to its token's row).
+        embedded = TableRows(self.embedding, xp.permute_dims(inputs, (1, 0)))
         outputs, final_state, rnn_backward = dynamic_rnn_vjp(self.stack, embedded, state, time_major=True)
         flat_outputs, flat_targets = self._flat(outputs, targets, xp)
         fused = self.backend.library.output_layer_kernels()
@@ -174,10 +174,7 @@ class CharLM:
             bias_grads.append(d_bias)
         d_flat = d_outputs[0] if len(d_outputs) == 1 else xp.concat(d_outputs, axis=0)  # one block: no copy
         rnn_grads = rnn_backward(xp.reshape(d_flat, tuple(outputs.shape)))
-        # The embedding's gradient adds each position's input gradient to its token's row: a
-        # scatter-add, which the array API lacks, so the backend's library supplies it.
-        d_embedded = xp.reshape(rnn_grads.pop("inputs"), (flat_ids.shape[0], self.embedding_size))
-        d_embedding = self.backend.library.scatter_add_rows(self.vocab_size, flat_ids, d_embedded)
+        d_embedding = rnn_grads.pop("inputs")
         rnn_grads.pop("initial_state")
         grads = {"embedding": d_embedding, **rnn_grads,
                  "dense/kernel": sum(kernel_grads[1:], kernel_grads[0]),

@@ -9,6 +9,7 @@ from xlstm.cell import LSTMCell, LSTMState, lstm_step
 from xlstm.cell_grad import lstm_step_vjp
 from xlstm.checks import check_integer, check_no_booleans, check_range, check_shape, device_of, namespace_of
 from xlstm.stack import MultiRNNCell
+from xlstm.table_rows import LookedUp, TableRows, look_up, table_gradient
 
 
 class Unrolled(NamedTuple):
@@ -24,6 +25,7 @@ class Unrolled(NamedTuple):
     states: list  # the state entering each step (kept only for the backward pass)
     kernels: Any = None  # the backend's fused kernels when they ran the loop
     kernel_cache: Any = None  # what their backward pass needs
+    looked_up: LookedUp | None = None  # where the inputs came from, when given as TableRows
 
 
 def dynamic_rnn(
@@ -39,6 +41,7 @@ def dynamic_rnn(
     With `sequence_length` [B], row b's outputs past its length are zero and its state
     stops changing there, so `final_state` holds each row's state at its own last step.
     A `MultiRNNCell` runs layer by layer; its states are tuples, bottom layer first.
+    `inputs` may be `TableRows(table, ids)`: the rows table[ids], ids [B, T] ([T, B]).
     """
     if isinstance(cell, MultiRNNCell):
         outputs, final_state, _ = _stack_vjp(cell, inputs, initial_state, sequence_length, time_major, False)
@@ -59,7 +62,8 @@ def dynamic_rnn_vjp(
     `backward` takes the gradients of a loss w.r.t. the outputs and the final state
     (either may be None, meaning zero) and returns a dict: "weights" (and "norm_gain",
     "norm_shift" under layer norm) shaped like the parameters, "inputs" shaped like the
-    inputs and "initial_state" (an LSTMState). Padded steps pass no gradient. For a
+    inputs (for `TableRows` inputs: the table's gradient, each position's row added to its id's)
+    and "initial_state" (an LSTMState). Padded steps pass no gradient. For a
     `MultiRNNCell` the parameter keys are those of `cell.parameters()` ("cell_K/weights", ...)
     and the states are tuples, bottom layer first.
     """
@@ -114,14 +118,21 @@ def _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_b
     """Check the arguments, then run the time loop once (shared by forward and vjp)."""
     if not isinstance(cell, LSTMCell):
         raise TypeError(f"cell must be an xlstm.LSTMCell or MultiRNNCell, got {type(cell).__name__}")
-    xp = namespace_of(inputs=inputs, weights=cell.weights)
-    cell.check_inputs("inputs", inputs, xp)
-    check_shape("inputs", inputs, (None, None, cell.input_size), "[T, B, I]" if time_major else "[B, T, I]")
-    x = inputs if time_major else xp.permute_dims(inputs, (1, 0, 2))  # [T, B, I]
+    looked_up = None
+    if isinstance(inputs, TableRows):  # rows of a table, read here: x = table[ids]
+        xp = namespace_of(inputs_table=inputs.table, weights=cell.weights)
+        cell.check_inputs("inputs.table", inputs.table, xp)
+        looked_up = look_up(inputs, time_major)
+        x = looked_up.inputs
+    else:
+        xp = namespace_of(inputs=inputs, weights=cell.weights)
+        cell.check_inputs("inputs", inputs, xp)
+        check_shape("inputs", inputs, (None, None, cell.input_size), "[T, B, I]" if time_major else "[B, T, I]")
+        x = inputs if time_major else xp.permute_dims(inputs, (1, 0, 2))  # [T, B, I]
     steps, batch = x.shape[0], x.shape[1]
     state = cell.zero_state(batch) if initial_state is None else cell.check_state("initial_state", initial_state, batch, xp)
-    namespace_of(inputs=inputs, initial_state_c=state.c, initial_state_h=state.h)
-    valid = _valid_steps(sequence_length, steps, batch, inputs, xp)
+    namespace_of(inputs=x, initial_state_c=state.c, initial_state_h=state.h)
+    valid = _valid_steps(sequence_length, steps, batch, x, xp)
     masks = cell.dropout_masks((steps, batch, cell.num_units))
     library = cell.backend.library
     kernels = library.lstm_layer_norm_kernels() if cell.layer_norm else library.lstm_kernels()
@@ -130,7 +141,7 @@ def _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_b
                      norm_epsilon=cell.norm_epsilon) if cell.layer_norm else {}
         outputs, c, h, cache = kernels.lstm_forward(x, cell.weights, state.c, state.h, cell.forget_bias,
                                                     masks, valid, keep_for_backward, **norms)
-        return Unrolled(xp, x, outputs, LSTMState(c, h), valid, masks, [], [], kernels, cache)
+        return Unrolled(xp, x, outputs, LSTMState(c, h), valid, masks, [], [], kernels, cache, looked_up)
 
     bias, input_weights, recurrent_weights = cell.split_weights()
     # The input projection of all steps at once: one [T·B, I] × [I, 4H] matmul.
@@ -159,8 +170,8 @@ def _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_b
             state = LSTMState(xp.where(keep, values.c, state.c), xp.where(keep, values.h, state.h))
             outputs.append(xp.where(keep, values.h, xp.zeros_like(values.h)))
     stacked = xp.stack(outputs, axis=0) if outputs else xp.zeros(
-        (0, batch, cell.num_units), dtype=cell.dtype, device=device_of(inputs))
-    return Unrolled(xp, x, stacked, state, valid, masks, preactivations, states)
+        (0, batch, cell.num_units), dtype=cell.dtype, device=device_of(x))
+    return Unrolled(xp, x, stacked, state, valid, masks, preactivations, states, looked_up=looked_up)
 
 
 def _backpropagate(cell: LSTMCell, run: Unrolled, d_outputs: Any, d_final_state: Any, time_major: bool) -> dict:
@@ -173,9 +184,14 @@ def _backpropagate(cell: LSTMCell, run: Unrolled, d_outputs: Any, d_final_state:
         dc, dh = zeros, zeros
     else:
         dc, dh = cell.check_state("d_final_state", d_final_state, batch, xp)
+    to_table = getattr(run.kernels, "lstm_backward_to_table", None)
+    if run.looked_up is not None and to_table is not None:  # the kernel forms the table's gradient itself
+        d_weights, d_table, dc, dh = to_table(run.kernel_cache, d_out, dc, dh, run.looked_up.table,
+                                              run.looked_up.flat_ids)
+        return {"weights": d_weights, "inputs": d_table, "initial_state": LSTMState(dc, dh)}
     if run.kernels is not None:
         d_weights, d_inputs, dc, dh, *d_norms = run.kernels.lstm_backward(run.kernel_cache, d_out, dc, dh)
-        result = {"weights": d_weights, "inputs": _batch_major(xp, d_inputs, time_major),
+        result = {"weights": d_weights, "inputs": _input_gradient(run, d_inputs, time_major),
                   "initial_state": LSTMState(dc, dh)}
         if cell.layer_norm:  # the layer-norm kernels also return the norms' gradients
             result["norm_gain"], result["norm_shift"] = d_norms
@@ -209,7 +225,7 @@ def _backpropagate(cell: LSTMCell, run: Unrolled, d_outputs: Any, d_final_state:
     d_weights = xp.concat([d_bias[:, None], d_a_t @ xp.reshape(x, (rows, cell.input_size)), d_a_t @ previous_h],
                           axis=1)
     d_inputs = xp.reshape(d_a @ input_weights, (steps, batch, cell.input_size))
-    result = {"weights": d_weights, "inputs": _batch_major(xp, d_inputs, time_major),
+    result = {"weights": d_weights, "inputs": _input_gradient(run, d_inputs, time_major),
               "initial_state": LSTMState(dc, dh)}
     if cell.layer_norm:
         no_steps = xp.zeros_like(cell.norm_gain)
@@ -229,6 +245,14 @@ def _checked_cotangent(name: str, d_outputs: Any, run: Unrolled, time_major: boo
     if d_outputs.dtype != run.outputs.dtype:
         raise TypeError(f"{name} must have the outputs' dtype {run.outputs.dtype}, got {d_outputs.dtype}")
     return d_outputs if time_major else xp.permute_dims(d_outputs, (1, 0, 2))
+
+
+def _input_gradient(run: Unrolled, d_inputs: Any, time_major: bool) -> Any:
+    """The inputs' gradient from the time-major d_inputs [T, B, I]: shaped like the inputs, or the table's
+    gradient when they were TableRows."""
+    if run.looked_up is not None:
+        return table_gradient(run.looked_up, d_inputs, library_of(d_inputs))
+    return _batch_major(run.xp, d_inputs, time_major)
 
 
 def _batch_major(xp: Any, time_major_array: Any, time_major: bool) -> Any:
