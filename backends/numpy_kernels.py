@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
+import time
 from typing import Any, Callable, NamedTuple
 
 import numpy
@@ -47,6 +49,12 @@ SIGMOID_GATES = 3  # f, i, o come first in the kernels' gate order; the candidat
 # The smallest row block worth a thread of its own, in cells of an [H, b] state: below it the
 # GIL handoffs of a block's many short NumPy calls ate the second core's gain (README, Speed).
 MIN_BLOCK_CELLS = 4096
+
+
+# OpenBLAS's small-matrix kernels (SkylakeX builds) multiply without packing either operand when M·N·K is at most this
+# (its sgemm/dgemm "small kernel permit"): the per-step product cut into row chunks below it can beat one packed call.
+SMALL_PRODUCT = 1_000_000
+CHUNK_ROWS = (256, 128, 64, 32)  # the row chunks tried, largest first: multiples of the small kernels' 16-row tiles
 
 
 KERNEL_BLOCKS = (0, 1, 3, 2)  # the kernels' gate k is xlstm's gate block KERNEL_BLOCKS[k]: f, i, o, c from f, i, c, o
@@ -88,6 +96,71 @@ class ForwardCache(NamedTuple):
 def _blas() -> ThreadpoolController:
     """The process's BLAS libraries, found once (looking them up takes milliseconds)."""
     return ThreadpoolController()
+
+
+def _blas_threads() -> tuple[int, ...]:
+    """Every BLAS library's thread count now (inside `on_row_blocks`: one each); read live, ~0.5 µs."""
+    return tuple(library.num_threads for library in _blas().lib_controllers)
+
+
+StepProduct = Callable[[Array, Array], None]  # product(x, out): out = W·x for one step's [K, b] operand, out [R, b]
+
+
+def step_product(weights: Array, batch: int) -> StepProduct:
+    """The loop's per-step product W·x ([R, K]·[K, b] → out [R, b], C-contiguous): one matmul, or one batched matmul
+    over row chunks of W, whichever `chunk_rows` measured faster for this shape under the current BLAS threads."""
+    rows, depth = weights.shape
+    if rows * depth * batch <= SMALL_PRODUCT:  # one call already takes the small kernel, where there is one
+        return _chunked_product(weights, rows)
+    return _chunked_product(weights, chunk_rows(rows, depth, batch, weights.dtype.str, _blas_threads()))
+
+
+def _chunked_product(weights: Array, chunk: int) -> StepProduct:
+    """product(x, out): out = weights·x in one matmul over [R // chunk, chunk, K] row chunks (plain when chunk = R)."""
+    if chunk == weights.shape[0]:
+        return functools.partial(numpy.matmul, weights)
+    chunks = weights.reshape(-1, chunk, weights.shape[1])
+
+    def product(x: Array, out: Array) -> None:
+        if not out.flags.c_contiguous:  # reshape would copy, and the product would be lost
+            raise ValueError("out must be C-contiguous")
+        numpy.matmul(chunks, x, out=out.reshape(chunks.shape[0], chunk, out.shape[1]))
+
+    return product
+
+
+_CALIBRATION = threading.Lock()  # the row-block threads ask at once: one measures, the others wait for its answer
+
+
+def chunk_rows(rows: int, depth: int, batch: int, dtype: str, blas_threads: tuple[int, ...]) -> int:
+    """The row chunk for a per-step product [rows, depth]·[depth, batch]: `rows` (one call) unless the largest chunk of
+    CHUNK_ROWS that divides `rows` and falls under SMALL_PRODUCT measured ≥ 5 % faster; measured once per shape."""
+    with _CALIBRATION:
+        return _measured_chunk_rows(rows, depth, batch, dtype, blas_threads)
+
+
+@functools.cache
+def _measured_chunk_rows(rows: int, depth: int, batch: int, dtype: str, blas_threads: tuple[int, ...]) -> int:
+    """`chunk_rows`, measured: whether chunks win depends on the CPU and on the kernels OpenBLAS picked for it at run
+    time (SkylakeX builds have small-matrix kernels, others not), so 7 alternating rounds of both on random operands,
+    best of each (a few ms at the medium bench shape). `blas_threads` is part of the key only."""
+    chunks = [chunk for chunk in CHUNK_ROWS
+              if chunk < rows and rows % chunk == 0 and chunk * depth * batch <= SMALL_PRODUCT]
+    if not chunks:
+        return rows
+    rng = numpy.random.default_rng(0)
+    weights = rng.standard_normal((rows, depth)).astype(dtype)
+    x, out = rng.standard_normal((depth, batch)).astype(dtype), numpy.empty((rows, batch), dtype)
+    candidates = {rows: _chunked_product(weights, rows), chunks[0]: _chunked_product(weights, chunks[0])}
+    repeats = max(2, min(50, int(2e7 // (2 * rows * depth * batch))))  # ~0.1-0.2 ms a timing
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(7):
+        for chunk, product in candidates.items():
+            start = time.perf_counter()
+            for _ in range(repeats):
+                product(x, out)
+            best[chunk] = min(best[chunk], time.perf_counter() - start)
+    return chunks[0] if best[chunks[0]] < 0.95 * best[rows] else rows
 
 
 def on_row_blocks(blocks: list[tuple[int, int]], work: Callable[[int, slice], Any]) -> list[Any]:
@@ -195,7 +268,7 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
     projected = empty((4 * units, steps * batch), dtype)
     numpy.matmul(weights.inputs, inputs_and_h[:, :, : 1 + input_size].reshape(steps * batch, 1 + input_size).T,
                  out=projected)
-    recurrent_weights = weights.recurrent
+    product = step_product(weights.recurrent, batch)
     masks, valid = feature_major(masks), feature_major(valid)
 
     outputs = empty((steps, units, batch), dtype)
@@ -214,13 +287,13 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
     h = numpy.array(h0.T, dtype=dtype, order="C")  # a copy: h is updated in place
     scratch = numpy.empty((units, batch), dtype)
     projected_steps = [projected[:, t * batch : (t + 1) * batch] for t in range(steps)]
-    matmul, tanh, multiply = numpy.matmul, numpy.tanh, numpy.multiply  # local: fewer lookups
+    tanh, multiply = numpy.tanh, numpy.multiply  # local: fewer lookups
     # h_{t-1} for the weight gradient: without lengths it is the previous output, copied after the loop
     carried_h_per_step = keep_for_backward and valid is not None
     # At the article's size (B = 1, H = 5) a step is ~5 µs of call overhead: the loop body is kept
     # to the NumPy calls themselves, every view it needs built before the loop where possible.
     for t, (a, sigmoids, f, i, o, g, c, c_new, tanh_c) in enumerate(views):
-        matmul(recurrent_weights, h, out=a)
+        product(h, a)
         a += projected_steps[t]
         tanh(a, out=a)
         multiply(sigmoids, 0.5, out=sigmoids)
@@ -320,6 +393,7 @@ def _backward_rows(cache: RowsCache, d_outputs, d_c, d_h, *, recurrent_weights_t
     d_h = numpy.array(d_h.T, dtype=dtype, order="C")  # copies: both are updated in place
     d_c = numpy.array(d_c.T, dtype=dtype, order="C")
     d_h_step, d_c_step, scratch = (numpy.empty((units, batch), dtype) for _ in range(3))
+    product_t = step_product(recurrent_weights_t, batch)
     step_d_gates = numpy.empty((4 * units, batch), dtype)
     d_f, d_i, d_o, d_g = (step_d_gates[k * units : (k + 1) * units] for k in range(4))
     slopes = numpy.empty((SIGMOID_GATES * units, batch), dtype)  # σ(1 − σ) of f, i, o: the sigmoids' slopes
@@ -337,7 +411,7 @@ def _backward_rows(cache: RowsCache, d_outputs, d_c, d_h, *, recurrent_weights_t
         output_gradients(d_h_step, o, tanh_c, slope_o, d_o, d_c_step, scratch)
         gate_gradients(d_c_step, c_prev, f, i, g, mask, slope_f, slope_i, d_f, d_i, d_g, scratch)
         d_gates[:, t, :] = step_d_gates
-        previous_state_gradients(d_c_step, f, valid_t, recurrent_weights_t, step_d_gates, d_c, d_h, scratch)
+        previous_state_gradients(d_c_step, f, valid_t, product_t, step_d_gates, d_c, d_h, scratch)
     # the rows' first column is the input projection's ones: the bias's gradient is the gradients' sum
     d_weights, d_inputs = weight_and_input_gradients(d_gates, cache.inputs_and_h[:, :, 1:], input_weights, bias=True)
     return (d_weights,), d_inputs, numpy.ascontiguousarray(d_c.T), numpy.ascontiguousarray(d_h.T)
@@ -389,20 +463,21 @@ def gate_gradients(d_c: Array, c_prev: Array, f: Array, i: Array, g: Array, mask
     d_g *= scratch
 
 
-def previous_state_gradients(d_c_step: Array, f: Array, valid: MaybeArray, recurrent_weights_t: Array,
+def previous_state_gradients(d_c_step: Array, f: Array, valid: MaybeArray, product_t: StepProduct,
                              d_gates: Array, d_c: Array, d_h: Array, scratch: Array) -> None:
     """In place, d_c and d_h become the gradients of c_{t-1} and h_{t-1}: d_c_step ⊙ f and W_hᵀ·d_gates ([4H, b],
-    the pre-activations' gradients); rows past their length (`valid` False) pass theirs through unchanged."""
+    the pre-activations' gradients, by `product_t` from `step_product`); rows past their length (`valid` False) pass
+    theirs through unchanged."""
     if valid is None:
         numpy.multiply(d_c_step, f, out=d_c)
-        numpy.matmul(recurrent_weights_t, d_gates, out=d_h)
+        product_t(d_gates, d_h)
         return
     finished = ~valid
     numpy.multiply(d_c_step, f, out=scratch)
     numpy.copyto(scratch, d_c, where=finished)
     d_c[...] = scratch
     numpy.multiply(d_h, finished, out=scratch)
-    numpy.matmul(recurrent_weights_t, d_gates, out=d_h)
+    product_t(d_gates, d_h)
     d_h += scratch
 
 

@@ -100,6 +100,59 @@ def test_numpy_kernels_on_row_blocks_equal_generic_code(threads, dtype, toleranc
         _assert_close(fused[name], generic[name], tolerance, name)
 
 
+def force_chunked_products(monkeypatch) -> None:
+    """Every per-step product of the NumPy kernels in row chunks, whatever its size: the largest proper divisor of its
+    rows (one-row chunks where the rows are prime), so that even the tests' small shapes take the chunked path."""
+    monkeypatch.setattr(numpy_kernels, "SMALL_PRODUCT", 0)
+    monkeypatch.setattr(numpy_kernels, "chunk_rows", lambda rows, *_: max(d for d in range(1, rows) if rows % d == 0)
+                        if rows > 1 else 1)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
+@settings(max_examples=25, deadline=None)
+@given(case=cases(batch=st.integers(1, 7)))
+def test_numpy_kernels_with_chunked_step_products_equal_generic_code(threads, dtype, tolerance, case):
+    """The forward's W_h·h_{t-1} and the backward's W_hᵀ·d_gates as one batched matmul over row chunks of the weights
+    (what `chunk_rows` picks where OpenBLAS's small-matrix kernels win), on one row block and on two."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(row_threads.THREADS_VARIABLE, threads)
+        monkeypatch.setattr(numpy_kernels, "MIN_BLOCK_CELLS", 1)
+        force_chunked_products(monkeypatch)
+        fused, generic = _run_both(monkeypatch, case, dtype)
+    for name in fused:
+        _assert_close(fused[name], generic[name], tolerance, name)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("rows, depth, batch, chunk", [(20, 5, 3, 20), (20, 5, 3, 5), (20, 5, 3, 1), (12, 7, 1, 4),
+                                                       (256, 64, 16, 32)])
+def test_step_product_in_row_chunks_equals_one_matmul(dtype, rows, depth, batch, chunk):
+    """_chunked_product(W, chunk)(x, out) writes W·x into `out`, chunked or whole; an out it could only reshape by
+    copying (so that the product would be lost) is refused."""
+    rng = np.random.default_rng(rows + chunk)
+    weights, x = rng.normal(size=(rows, depth)).astype(dtype), rng.normal(size=(depth, batch)).astype(dtype)
+    out = np.full((rows, batch), np.nan, dtype)
+    numpy_kernels._chunked_product(weights, chunk)(x, out)
+    np.testing.assert_allclose(out, weights @ x, rtol=1e-12 if dtype == "float64" else 1e-5, atol=1e-12)
+    if chunk < rows:
+        with pytest.raises(ValueError, match="out must be C-contiguous"):
+            numpy_kernels._chunked_product(weights, chunk)(x, np.empty((rows, 2 * batch), dtype)[:, ::2])
+
+
+def test_chunk_rows_measures_only_where_a_chunk_falls_under_the_small_kernels_limit():
+    """No chunk of CHUNK_ROWS divides 20 rows: one call, nothing measured; at the medium bench shape's per-step product
+    a 128-row chunk qualifies, and the measurement picks it or one call, once per shape (cached)."""
+    numpy_kernels._measured_chunk_rows.cache_clear()
+    assert numpy_kernels.chunk_rows(20, 5, 3, "<f8", (1,)) == 20
+    assert numpy_kernels.chunk_rows(1024, 256, 16, "<f4", (1,)) in (1024, 128)
+    assert numpy_kernels.chunk_rows(1024, 256, 16, "<f4", (1,)) in (1024, 128)
+    assert numpy_kernels._measured_chunk_rows.cache_info().hits == 1
+    out = np.empty((20, 3))
+    numpy_kernels.step_product(np.ones((20, 5)), 3)(np.ones((5, 3)), out)  # small: one matmul, no measuring
+    np.testing.assert_array_equal(out, 5.0)
+
+
 @pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
 @pytest.mark.parametrize("threads", ["2", "3"])
 @pytest.mark.parametrize("fuses", [True, False])
