@@ -54,7 +54,8 @@ MIN_BLOCK_CELLS = 4096
 # OpenBLAS's small-matrix kernels (SkylakeX builds) multiply without packing either operand when M·N·K is at most this
 # (its sgemm/dgemm "small kernel permit"): the per-step product cut into row chunks below it can beat one packed call.
 SMALL_PRODUCT = 1_000_000
-CHUNK_ROWS = (256, 128, 64, 32)  # the row chunks tried, largest first: multiples of the small kernels' 16-row tiles
+CHUNK_ROWS = (256, 128, 64, 32, 16)  # row chunks, largest first: multiples of the small kernels' 16-row tiles
+CHUNKS_TRIED = 3  # the largest ones under SMALL_PRODUCT: which is fastest varies (H=256, b=32: 64 rows forward, 16 back)
 
 
 KERNEL_BLOCKS = (0, 1, 3, 2)  # the kernels' gate k is xlstm's gate block KERNEL_BLOCKS[k]: f, i, o, c from f, i, c, o
@@ -133,8 +134,9 @@ _CALIBRATION = threading.Lock()  # the row-block threads ask at once: one measur
 
 
 def chunk_rows(rows: int, depth: int, batch: int, dtype: str, blas_threads: tuple[int, ...]) -> int:
-    """The row chunk for a per-step product [rows, depth]·[depth, batch]: `rows` (one call) unless the largest chunk of
-    CHUNK_ROWS that divides `rows` and falls under SMALL_PRODUCT measured ≥ 5 % faster; measured once per shape."""
+    """The row chunk for a per-step product [rows, depth]·[depth, batch]: `rows` (one call) unless one of the largest
+    CHUNKS_TRIED chunks of CHUNK_ROWS that divide `rows` and fall under SMALL_PRODUCT measured ≥ 5 % faster (then the
+    fastest); measured once per shape."""
     with _CALIBRATION:
         return _measured_chunk_rows(rows, depth, batch, dtype, blas_threads)
 
@@ -142,16 +144,16 @@ def chunk_rows(rows: int, depth: int, batch: int, dtype: str, blas_threads: tupl
 @functools.cache
 def _measured_chunk_rows(rows: int, depth: int, batch: int, dtype: str, blas_threads: tuple[int, ...]) -> int:
     """`chunk_rows`, measured: whether chunks win depends on the CPU and on the kernels OpenBLAS picked for it at run
-    time (SkylakeX builds have small-matrix kernels, others not), so 7 alternating rounds of both on random operands,
+    time (SkylakeX builds have small-matrix kernels, others not), so 7 rounds over every candidate on random operands,
     best of each (a few ms at the medium bench shape). `blas_threads` is part of the key only."""
     chunks = [chunk for chunk in CHUNK_ROWS
-              if chunk < rows and rows % chunk == 0 and chunk * depth * batch <= SMALL_PRODUCT]
+              if chunk < rows and rows % chunk == 0 and chunk * depth * batch <= SMALL_PRODUCT][:CHUNKS_TRIED]
     if not chunks:
         return rows
     rng = numpy.random.default_rng(0)
     weights = rng.standard_normal((rows, depth)).astype(dtype)
     x, out = rng.standard_normal((depth, batch)).astype(dtype), numpy.empty((rows, batch), dtype)
-    candidates = {rows: _chunked_product(weights, rows), chunks[0]: _chunked_product(weights, chunks[0])}
+    candidates = {chunk: _chunked_product(weights, chunk) for chunk in [rows, *chunks]}
     repeats = max(2, min(50, int(2e7 // (2 * rows * depth * batch))))  # ~0.1-0.2 ms a timing
     best = dict.fromkeys(candidates, float("inf"))
     for _ in range(7):
@@ -160,7 +162,8 @@ def _measured_chunk_rows(rows: int, depth: int, batch: int, dtype: str, blas_thr
             for _ in range(repeats):
                 product(x, out)
             best[chunk] = min(best[chunk], time.perf_counter() - start)
-    return chunks[0] if best[chunks[0]] < 0.95 * best[rows] else rows
+    fastest = min(chunks, key=best.__getitem__)
+    return fastest if best[fastest] < 0.95 * best[rows] else rows
 
 
 def on_row_blocks(blocks: list[tuple[int, int]], work: Callable[[int, slice], Any]) -> list[Any]:
