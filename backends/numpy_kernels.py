@@ -70,8 +70,9 @@ class Weights(NamedTuple):
     """The weights in the kernels' gate order f, i, o, c, and as the forward loop uses them."""
 
     ordered: numpy.ndarray | None  # W rows reordered, [4H, 1 + I + H]: what the backward pass needs
-    inputs: numpy.ndarray  # bias plus forget bias, then input weights; sigmoid rows halved, [4H, 1 + I]
-    recurrent: numpy.ndarray  # recurrent weights, sigmoid rows halved, contiguous [4H, H]
+    whole: numpy.ndarray  # bias plus forget bias, input and recurrent weights; sigmoid rows halved, [4H, 1 + I + H]
+    inputs: numpy.ndarray  # its bias and input columns, [4H, 1 + I] (a view)
+    recurrent: numpy.ndarray  # its recurrent columns, contiguous [4H, H]
 
 
 class RowsCache(NamedTuple):
@@ -110,10 +111,22 @@ StepProduct = Callable[[Array, Array], None]  # product(x, out): out = W·x for 
 def step_product(weights: Array, batch: int) -> StepProduct:
     """The loop's per-step product W·x ([R, K]·[K, b] → out [R, b], C-contiguous): one matmul, or one batched matmul
     over row chunks of W, whichever `chunk_rows` measured faster for this shape under the current BLAS threads."""
+    return _chunked_product(weights, _step_chunk(weights, batch))
+
+
+def fuses(weights: Array, batch: int) -> bool:
+    """Whether a step's product [1, x_t, h_{t-1}]·Wᵀ ([4H, 1 + I + H]·[1 + I + H, b]) should take in the input
+    projection: where it runs unpacked (small enough for one call, or faster in row chunks) it costs less than the
+    recurrent product plus a strided add of a projection made for all steps at once."""
+    return weights.shape[0] * weights.shape[1] * batch <= SMALL_PRODUCT or _step_chunk(weights, batch) < weights.shape[0]
+
+
+def _step_chunk(weights: Array, batch: int) -> int:
+    """The row chunk of `step_product` for W·x with x of `batch` columns (W's rows: one call)."""
     rows, depth = weights.shape
     if rows * depth * batch <= SMALL_PRODUCT:  # one call already takes the small kernel, where there is one
-        return _chunked_product(weights, rows)
-    return _chunked_product(weights, chunk_rows(rows, depth, batch, weights.dtype.str, _blas_threads()))
+        return rows
+    return chunk_rows(rows, depth, batch, weights.dtype.str, _blas_threads())
 
 
 def _chunked_product(weights: Array, chunk: int) -> StepProduct:
@@ -208,15 +221,13 @@ def _forward_weights(weights: numpy.ndarray, input_size: int, units: int, forget
     """Reorder the gates, add the forget bias, and fold σ(a) = ½·tanh(½a) + ½'s inner ½ into the
     sigmoid gates' rows once, so one tanh covers all four gates each step and two in-place ops
     finish the sigmoids. The reordered, unscaled W is kept only for a backward pass."""
-    inputs = numpy.empty((4 * units, 1 + input_size), weights.dtype)
-    recurrent = numpy.empty((4 * units, units), weights.dtype)
+    whole = numpy.empty((4 * units, 1 + input_size + units), weights.dtype)
     for k, block in enumerate(KERNEL_BLOCKS):  # one pass: each gate block copied and scaled at once
-        to, source = slice(k * units, (k + 1) * units), weights[block * units : (block + 1) * units]
-        scale = 0.5 if k < SIGMOID_GATES else 1.0
-        numpy.multiply(source[:, : 1 + input_size], scale, out=inputs[to])
-        numpy.multiply(source[:, 1 + input_size :], scale, out=recurrent[to])
-    inputs[:units, 0] += 0.5 * forget_bias  # exact: halving is
-    return Weights(weights[kernel_order(units)] if keep_for_backward else None, inputs, recurrent)
+        numpy.multiply(weights[block * units : (block + 1) * units], 0.5 if k < SIGMOID_GATES else 1.0,
+                       out=whole[k * units : (k + 1) * units])
+    whole[:units, 0] += 0.5 * forget_bias  # exact: halving is
+    return Weights(weights[kernel_order(units)] if keep_for_backward else None, whole, whole[:, : 1 + input_size],
+                   numpy.ascontiguousarray(whole[:, 1 + input_size :]))
 
 
 def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=None, keep_for_backward=False):
@@ -258,23 +269,38 @@ def forward_on_row_blocks(forward_rows: Callable, inputs: Array, c0: Array, h0: 
 
 
 def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backward: bool):
-    """`lstm_forward`'s loop over one block of batch rows: (outputs, c_T, h_T, RowsCache or None)."""
+    """`lstm_forward`'s loop over one block of batch rows: (outputs, c_T, h_T, RowsCache or None).
+
+    A step's pre-activations come from one product [1, x_t, h_{t-1}]·Wᵀ where that product runs unpacked (`fuses`),
+    else from W_h·h_{t-1} plus that step's slice of one input projection of all steps, made before the loop.
+    """
     steps, batch, input_size = inputs.shape
     units = c0.shape[1]
-    dtype = weights.inputs.dtype
-    # Rows [1, x_t] (and h_{t-1}, filled in for a backward pass, whose weight gradient they are);
-    # all steps' input projections, bias included, at once: [4H, 1 + I] · [1 + I, T·B], step t in
-    # columns t·B … t·B + B.
-    inputs_and_h = empty((steps, batch, 1 + input_size + (units if keep_for_backward else 0)), dtype)
-    inputs_and_h[:, :, 0] = 1.0
-    inputs_and_h[:, :, 1 : 1 + input_size] = inputs
-    projected = empty((4 * units, steps * batch), dtype)
-    numpy.matmul(weights.inputs, inputs_and_h[:, :, : 1 + input_size].reshape(steps * batch, 1 + input_size).T,
-                 out=projected)
-    product = step_product(weights.recurrent, batch)
+    dtype = weights.whole.dtype
+    width = 1 + input_size + units
     masks, valid = feature_major(masks), feature_major(valid)
-
-    outputs = empty((steps, units, batch), dtype)
+    fused = fuses(weights.whole, batch) and valid is None  # with lengths the carried h and the outputs differ
+    if fused:
+        # Every step's operand, feature-major: rows 1, x_t and h_{t-1}; step t writes h_t into operand t + 1.
+        operands = empty((steps + 1, width, batch), dtype)
+        operands[:, 0] = 1.0
+        operands[:steps, 1 : 1 + input_size] = inputs.transpose(0, 2, 1)
+        operands[0, 1 + input_size :] = h0.T
+        product = step_product(weights.whole, batch)
+        outputs = operands[1:, 1 + input_size :]
+        inputs_and_h = projected_steps = None
+    else:
+        # Rows [1, x_t] (and h_{t-1}, filled in for a backward pass, whose weight gradient they are); all steps'
+        # input projections, bias included, at once: [4H, 1 + I] · [1 + I, T·B], step t in columns t·B … t·B + B.
+        inputs_and_h = empty((steps, batch, width if keep_for_backward else 1 + input_size), dtype)
+        inputs_and_h[:, :, 0] = 1.0
+        inputs_and_h[:, :, 1 : 1 + input_size] = inputs
+        projected = empty((4 * units, steps * batch), dtype)
+        numpy.matmul(weights.inputs, inputs_and_h[:, :, : 1 + input_size].reshape(steps * batch, 1 + input_size).T,
+                     out=projected)
+        projected_steps = [projected[:, t * batch : (t + 1) * batch] for t in range(steps)]
+        product = step_product(weights.recurrent, batch)
+        outputs = empty((steps, units, batch), dtype)
     if keep_for_backward:  # every step's gates and states are kept for the backward pass
         gates = empty((steps, 4 * units, batch), dtype)
         cells = empty((steps + 1, units, batch), dtype)
@@ -287,17 +313,19 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
         pair = [_step_views(gates, cells[k], cells[1 - k], tanh_c, units) for k in (0, 1)]
         views = itertools.islice(itertools.cycle(pair), steps)
     cells[0][...] = c0.T
-    h = numpy.array(h0.T, dtype=dtype, order="C")  # a copy: h is updated in place
+    h = operands[0, 1 + input_size :] if fused else numpy.array(h0.T, dtype=dtype, order="C")  # h: updated in place
     scratch = numpy.empty((units, batch), dtype)
-    projected_steps = [projected[:, t * batch : (t + 1) * batch] for t in range(steps)]
     tanh, multiply = numpy.tanh, numpy.multiply  # local: fewer lookups
     # h_{t-1} for the weight gradient: without lengths it is the previous output, copied after the loop
     carried_h_per_step = keep_for_backward and valid is not None
     # At the article's size (B = 1, H = 5) a step is ~5 µs of call overhead: the loop body is kept
     # to the NumPy calls themselves, every view it needs built before the loop where possible.
     for t, (a, sigmoids, f, i, o, g, c, c_new, tanh_c) in enumerate(views):
-        product(h, a)
-        a += projected_steps[t]
+        if fused:
+            product(operands[t], a)
+        else:
+            product(h, a)
+            a += projected_steps[t]
         tanh(a, out=a)
         multiply(sigmoids, 0.5, out=sigmoids)
         sigmoids += 0.5
@@ -309,7 +337,10 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
         multiply(o, tanh_c, out=h_new)
         h = carry_state(None if valid is None else valid[t], c, c_new, h, h_new)
     c = cells[steps] if keep_for_backward else cells[steps % 2]
-    if keep_for_backward and not carried_h_per_step and steps:
+    if keep_for_backward and fused:
+        inputs_and_h = empty((steps, batch, width), dtype)
+        numpy.copyto(inputs_and_h, operands[:steps].transpose(0, 2, 1))
+    elif keep_for_backward and not carried_h_per_step and steps:
         inputs_and_h[0, :, 1 + input_size :] = h0
         inputs_and_h[1:, :, 1 + input_size :] = outputs[:-1].transpose(0, 2, 1)
     cache = None
