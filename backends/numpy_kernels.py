@@ -12,6 +12,10 @@ allocated once per call, and keep the weights in the layout the matmuls want:
   one in-place tanh activates all four gates;
 - the input projection of all steps is one matmul over rows [1, x_t], so the bias (and the
   forget bias) rides in the product as its first column instead of a pass of its own;
+- per-step products run as one batched matmul over row chunks of the weights where OpenBLAS's
+  small-matrix kernels (no packing) then beat one packed call: `chunk_rows` measures it once per
+  shape. Where the step's product runs unpacked, the forward takes the input projection into it:
+  one [1, x_t, h_{t-1}]·Wᵀ a step, and no projection of all steps;
 - the backward pass forms every weight gradient with one matmul after the time loop,
   over rows [x_t, h_{t-1}] saved by the forward pass (after the projection's ones).
 - the large buffers (the projection, the outputs, what the backward pass keeps, the gate
