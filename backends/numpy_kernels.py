@@ -12,6 +12,10 @@ allocated once per call, and keep the weights in the layout the matmuls want:
   one in-place tanh activates all four gates;
 - the input projection of all steps is one matmul over rows [1, x_t], so the bias (and the
   forget bias) rides in the product as its first column instead of a pass of its own;
+- per-step products run as one batched matmul over row chunks of the weights where OpenBLAS's
+  small-matrix kernels (no packing) then beat one packed call: `chunk_rows` measures it once per
+  shape. Where the step's product runs unpacked, the forward takes the input projection into it:
+  one [1, x_t, h_{t-1}]·Wᵀ a step, and no projection of all steps;
 - the backward pass forms every weight gradient with one matmul after the time loop,
   over rows [x_t, h_{t-1}] saved by the forward pass (after the projection's ones).
 - the large buffers (the projection, the outputs, what the backward pass keeps, the gate
@@ -29,6 +33,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
+import time
 from typing import Any, Callable, NamedTuple
 
 import numpy
@@ -49,6 +55,16 @@ SIGMOID_GATES = 3  # f, i, o come first in the kernels' gate order; the candidat
 MIN_BLOCK_CELLS = 4096
 
 
+# OpenBLAS's small-matrix kernels (SkylakeX builds) multiply without packing either operand when M·N·K is at most this
+# (its sgemm/dgemm "small kernel permit"): the per-step product cut into row chunks below it can beat one packed call.
+SMALL_PRODUCT = 1_000_000
+# Row chunks, largest first, multiples of the small kernels' 16-row tiles. Not 16 itself: at the large bench shape
+# (b = 64) 16-row chunks of W_h won in isolation now and then (700-985 µs against ~960) but made the loop 60 % slower.
+CHUNK_ROWS = (256, 128, 64, 32)
+CHUNKS_TRIED = 3  # the largest ones under SMALL_PRODUCT: which is fastest varies (b = 16: 128 rows forward, 32 back)
+CHUNK_GAIN = 0.9  # a chunk must take at most this fraction of one call's time: a noisy measurement keeps one call
+
+
 KERNEL_BLOCKS = (0, 1, 3, 2)  # the kernels' gate k is xlstm's gate block KERNEL_BLOCKS[k]: f, i, o, c from f, i, c, o
 
 
@@ -61,8 +77,9 @@ class Weights(NamedTuple):
     """The weights in the kernels' gate order f, i, o, c, and as the forward loop uses them."""
 
     ordered: numpy.ndarray | None  # W rows reordered, [4H, 1 + I + H]: what the backward pass needs
-    inputs: numpy.ndarray  # bias plus forget bias, then input weights; sigmoid rows halved, [4H, 1 + I]
-    recurrent: numpy.ndarray  # recurrent weights, sigmoid rows halved, contiguous [4H, H]
+    whole: numpy.ndarray  # bias plus forget bias, input and recurrent weights; sigmoid rows halved, [4H, 1 + I + H]
+    inputs: numpy.ndarray  # its bias and input columns, [4H, 1 + I] (a view)
+    recurrent: numpy.ndarray  # its recurrent columns, contiguous [4H, H]
 
 
 class RowsCache(NamedTuple):
@@ -88,6 +105,85 @@ class ForwardCache(NamedTuple):
 def _blas() -> ThreadpoolController:
     """The process's BLAS libraries, found once (looking them up takes milliseconds)."""
     return ThreadpoolController()
+
+
+def _blas_threads() -> tuple[int, ...]:
+    """Every BLAS library's thread count now (inside `on_row_blocks`: one each); read live, ~0.5 µs."""
+    return tuple(library.num_threads for library in _blas().lib_controllers)
+
+
+StepProduct = Callable[[Array, Array], None]  # product(x, out): out = W·x for one step's [K, b] operand, out [R, b]
+
+
+def step_product(weights: Array, batch: int) -> StepProduct:
+    """The loop's per-step product W·x ([R, K]·[K, b] → out [R, b], C-contiguous): one matmul, or one batched matmul
+    over row chunks of W, whichever `chunk_rows` measured faster for this shape under the current BLAS threads."""
+    return _chunked_product(weights, _step_chunk(weights, batch))
+
+
+def fuses(weights: Array, batch: int) -> bool:
+    """Whether a step's product [1, x_t, h_{t-1}]·Wᵀ ([4H, 1 + I + H]·[1 + I + H, b]) should take in the input
+    projection: where it runs unpacked (small enough for one call, or faster in row chunks) it costs less than the
+    recurrent product plus a strided add of a projection made for all steps at once."""
+    return weights.shape[0] * weights.shape[1] * batch <= SMALL_PRODUCT or _step_chunk(weights, batch) < weights.shape[0]
+
+
+def _step_chunk(weights: Array, batch: int) -> int:
+    """The row chunk of `step_product` for W·x with x of `batch` columns (W's rows: one call)."""
+    rows, depth = weights.shape
+    if rows * depth * batch <= SMALL_PRODUCT:  # one call already takes the small kernel, where there is one
+        return rows
+    return chunk_rows(rows, depth, batch, weights.dtype.str, _blas_threads())
+
+
+def _chunked_product(weights: Array, chunk: int) -> StepProduct:
+    """product(x, out): out = weights·x in one matmul over [R // chunk, chunk, K] row chunks (plain when chunk = R)."""
+    if chunk == weights.shape[0]:
+        return functools.partial(numpy.matmul, weights)
+    chunks = weights.reshape(-1, chunk, weights.shape[1])
+
+    def product(x: Array, out: Array) -> None:
+        if not out.flags.c_contiguous:  # reshape would copy, and the product would be lost
+            raise ValueError("out must be C-contiguous")
+        numpy.matmul(chunks, x, out=out.reshape(chunks.shape[0], chunk, out.shape[1]))
+
+    return product
+
+
+_CALIBRATION = threading.Lock()  # the row-block threads ask at once: one measures, the others wait for its answer
+
+
+def chunk_rows(rows: int, depth: int, batch: int, dtype: str, blas_threads: tuple[int, ...]) -> int:
+    """The row chunk for a per-step product [rows, depth]·[depth, batch]: `rows` (one call) unless one of the largest
+    CHUNKS_TRIED chunks of CHUNK_ROWS that divide `rows` and fall under SMALL_PRODUCT measured ≥ 10 % faster (then
+    the fastest); measured once per shape."""
+    with _CALIBRATION:
+        return _measured_chunk_rows(rows, depth, batch, dtype, blas_threads)
+
+
+@functools.cache
+def _measured_chunk_rows(rows: int, depth: int, batch: int, dtype: str, blas_threads: tuple[int, ...]) -> int:
+    """`chunk_rows`, measured: whether chunks win depends on the CPU and on the kernels OpenBLAS picked for it at run
+    time (SkylakeX builds have small-matrix kernels, others not), so 7 rounds over every candidate on random operands,
+    best of each (a few ms at the medium bench shape). `blas_threads` is part of the key only."""
+    chunks = [chunk for chunk in CHUNK_ROWS
+              if chunk < rows and rows % chunk == 0 and chunk * depth * batch <= SMALL_PRODUCT][:CHUNKS_TRIED]
+    if not chunks:
+        return rows
+    rng = numpy.random.default_rng(0)
+    weights = rng.standard_normal((rows, depth)).astype(dtype)
+    x, out = rng.standard_normal((depth, batch)).astype(dtype), numpy.empty((rows, batch), dtype)
+    candidates = {chunk: _chunked_product(weights, chunk) for chunk in [rows, *chunks]}
+    repeats = max(2, min(50, int(2e7 // (2 * rows * depth * batch))))  # ~0.1-0.2 ms a timing
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(7):
+        for chunk, product in candidates.items():
+            start = time.perf_counter()
+            for _ in range(repeats):
+                product(x, out)
+            best[chunk] = min(best[chunk], time.perf_counter() - start)
+    fastest = min(chunks, key=best.__getitem__)
+    return fastest if best[fastest] <= CHUNK_GAIN * best[rows] else rows
 
 
 def on_row_blocks(blocks: list[tuple[int, int]], work: Callable[[int, slice], Any]) -> list[Any]:
@@ -132,15 +228,13 @@ def _forward_weights(weights: numpy.ndarray, input_size: int, units: int, forget
     """Reorder the gates, add the forget bias, and fold σ(a) = ½·tanh(½a) + ½'s inner ½ into the
     sigmoid gates' rows once, so one tanh covers all four gates each step and two in-place ops
     finish the sigmoids. The reordered, unscaled W is kept only for a backward pass."""
-    inputs = numpy.empty((4 * units, 1 + input_size), weights.dtype)
-    recurrent = numpy.empty((4 * units, units), weights.dtype)
+    whole = numpy.empty((4 * units, 1 + input_size + units), weights.dtype)
     for k, block in enumerate(KERNEL_BLOCKS):  # one pass: each gate block copied and scaled at once
-        to, source = slice(k * units, (k + 1) * units), weights[block * units : (block + 1) * units]
-        scale = 0.5 if k < SIGMOID_GATES else 1.0
-        numpy.multiply(source[:, : 1 + input_size], scale, out=inputs[to])
-        numpy.multiply(source[:, 1 + input_size :], scale, out=recurrent[to])
-    inputs[:units, 0] += 0.5 * forget_bias  # exact: halving is
-    return Weights(weights[kernel_order(units)] if keep_for_backward else None, inputs, recurrent)
+        numpy.multiply(weights[block * units : (block + 1) * units], 0.5 if k < SIGMOID_GATES else 1.0,
+                       out=whole[k * units : (k + 1) * units])
+    whole[:units, 0] += 0.5 * forget_bias  # exact: halving is
+    return Weights(weights[kernel_order(units)] if keep_for_backward else None, whole, whole[:, : 1 + input_size],
+                   numpy.ascontiguousarray(whole[:, 1 + input_size :]))
 
 
 def lstm_forward(inputs, weights, c0, h0, forget_bias: float, masks=None, valid=None, keep_for_backward=False):
@@ -182,23 +276,38 @@ def forward_on_row_blocks(forward_rows: Callable, inputs: Array, c0: Array, h0: 
 
 
 def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backward: bool):
-    """`lstm_forward`'s loop over one block of batch rows: (outputs, c_T, h_T, RowsCache or None)."""
+    """`lstm_forward`'s loop over one block of batch rows: (outputs, c_T, h_T, RowsCache or None).
+
+    A step's pre-activations come from one product [1, x_t, h_{t-1}]·Wᵀ where that product runs unpacked (`fuses`),
+    else from W_h·h_{t-1} plus that step's slice of one input projection of all steps, made before the loop.
+    """
     steps, batch, input_size = inputs.shape
     units = c0.shape[1]
-    dtype = weights.inputs.dtype
-    # Rows [1, x_t] (and h_{t-1}, filled in for a backward pass, whose weight gradient they are);
-    # all steps' input projections, bias included, at once: [4H, 1 + I] · [1 + I, T·B], step t in
-    # columns t·B … t·B + B.
-    inputs_and_h = empty((steps, batch, 1 + input_size + (units if keep_for_backward else 0)), dtype)
-    inputs_and_h[:, :, 0] = 1.0
-    inputs_and_h[:, :, 1 : 1 + input_size] = inputs
-    projected = empty((4 * units, steps * batch), dtype)
-    numpy.matmul(weights.inputs, inputs_and_h[:, :, : 1 + input_size].reshape(steps * batch, 1 + input_size).T,
-                 out=projected)
-    recurrent_weights = weights.recurrent
+    dtype = weights.whole.dtype
+    width = 1 + input_size + units
     masks, valid = feature_major(masks), feature_major(valid)
-
-    outputs = empty((steps, units, batch), dtype)
+    fused = fuses(weights.whole, batch) and valid is None  # with lengths the carried h and the outputs differ
+    if fused:
+        # Every step's operand, feature-major: rows 1, x_t and h_{t-1}; step t writes h_t into operand t + 1.
+        operands = empty((steps + 1, width, batch), dtype)
+        operands[:, 0] = 1.0
+        operands[:steps, 1 : 1 + input_size] = inputs.transpose(0, 2, 1)
+        operands[0, 1 + input_size :] = h0.T
+        product = step_product(weights.whole, batch)
+        outputs = operands[1:, 1 + input_size :]
+        inputs_and_h = projected_steps = None
+    else:
+        # Rows [1, x_t] (and h_{t-1}, filled in for a backward pass, whose weight gradient they are); all steps'
+        # input projections, bias included, at once: [4H, 1 + I] · [1 + I, T·B], step t in columns t·B … t·B + B.
+        inputs_and_h = empty((steps, batch, width if keep_for_backward else 1 + input_size), dtype)
+        inputs_and_h[:, :, 0] = 1.0
+        inputs_and_h[:, :, 1 : 1 + input_size] = inputs
+        projected = empty((4 * units, steps * batch), dtype)
+        numpy.matmul(weights.inputs, inputs_and_h[:, :, : 1 + input_size].reshape(steps * batch, 1 + input_size).T,
+                     out=projected)
+        projected_steps = [projected[:, t * batch : (t + 1) * batch] for t in range(steps)]
+        product = step_product(weights.recurrent, batch)
+        outputs = empty((steps, units, batch), dtype)
     if keep_for_backward:  # every step's gates and states are kept for the backward pass
         gates = empty((steps, 4 * units, batch), dtype)
         cells = empty((steps + 1, units, batch), dtype)
@@ -211,17 +320,19 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
         pair = [_step_views(gates, cells[k], cells[1 - k], tanh_c, units) for k in (0, 1)]
         views = itertools.islice(itertools.cycle(pair), steps)
     cells[0][...] = c0.T
-    h = numpy.array(h0.T, dtype=dtype, order="C")  # a copy: h is updated in place
+    h = operands[0, 1 + input_size :] if fused else numpy.array(h0.T, dtype=dtype, order="C")  # h: updated in place
     scratch = numpy.empty((units, batch), dtype)
-    projected_steps = [projected[:, t * batch : (t + 1) * batch] for t in range(steps)]
-    matmul, tanh, multiply = numpy.matmul, numpy.tanh, numpy.multiply  # local: fewer lookups
+    tanh, multiply = numpy.tanh, numpy.multiply  # local: fewer lookups
     # h_{t-1} for the weight gradient: without lengths it is the previous output, copied after the loop
     carried_h_per_step = keep_for_backward and valid is not None
     # At the article's size (B = 1, H = 5) a step is ~5 µs of call overhead: the loop body is kept
     # to the NumPy calls themselves, every view it needs built before the loop where possible.
     for t, (a, sigmoids, f, i, o, g, c, c_new, tanh_c) in enumerate(views):
-        matmul(recurrent_weights, h, out=a)
-        a += projected_steps[t]
+        if fused:
+            product(operands[t], a)
+        else:
+            product(h, a)
+            a += projected_steps[t]
         tanh(a, out=a)
         multiply(sigmoids, 0.5, out=sigmoids)
         sigmoids += 0.5
@@ -233,7 +344,10 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
         multiply(o, tanh_c, out=h_new)
         h = carry_state(None if valid is None else valid[t], c, c_new, h, h_new)
     c = cells[steps] if keep_for_backward else cells[steps % 2]
-    if keep_for_backward and not carried_h_per_step and steps:
+    if keep_for_backward and fused:
+        inputs_and_h = empty((steps, batch, width), dtype)
+        numpy.copyto(inputs_and_h, operands[:steps].transpose(0, 2, 1))
+    elif keep_for_backward and not carried_h_per_step and steps:
         inputs_and_h[0, :, 1 + input_size :] = h0
         inputs_and_h[1:, :, 1 + input_size :] = outputs[:-1].transpose(0, 2, 1)
     cache = None
@@ -320,6 +434,7 @@ def _backward_rows(cache: RowsCache, d_outputs, d_c, d_h, *, recurrent_weights_t
     d_h = numpy.array(d_h.T, dtype=dtype, order="C")  # copies: both are updated in place
     d_c = numpy.array(d_c.T, dtype=dtype, order="C")
     d_h_step, d_c_step, scratch = (numpy.empty((units, batch), dtype) for _ in range(3))
+    product_t = step_product(recurrent_weights_t, batch)
     step_d_gates = numpy.empty((4 * units, batch), dtype)
     d_f, d_i, d_o, d_g = (step_d_gates[k * units : (k + 1) * units] for k in range(4))
     slopes = numpy.empty((SIGMOID_GATES * units, batch), dtype)  # σ(1 − σ) of f, i, o: the sigmoids' slopes
@@ -337,7 +452,7 @@ def _backward_rows(cache: RowsCache, d_outputs, d_c, d_h, *, recurrent_weights_t
         output_gradients(d_h_step, o, tanh_c, slope_o, d_o, d_c_step, scratch)
         gate_gradients(d_c_step, c_prev, f, i, g, mask, slope_f, slope_i, d_f, d_i, d_g, scratch)
         d_gates[:, t, :] = step_d_gates
-        previous_state_gradients(d_c_step, f, valid_t, recurrent_weights_t, step_d_gates, d_c, d_h, scratch)
+        previous_state_gradients(d_c_step, f, valid_t, product_t, step_d_gates, d_c, d_h, scratch)
     # the rows' first column is the input projection's ones: the bias's gradient is the gradients' sum
     d_weights, d_inputs = weight_and_input_gradients(d_gates, cache.inputs_and_h[:, :, 1:], input_weights, bias=True)
     return (d_weights,), d_inputs, numpy.ascontiguousarray(d_c.T), numpy.ascontiguousarray(d_h.T)
@@ -389,20 +504,21 @@ def gate_gradients(d_c: Array, c_prev: Array, f: Array, i: Array, g: Array, mask
     d_g *= scratch
 
 
-def previous_state_gradients(d_c_step: Array, f: Array, valid: MaybeArray, recurrent_weights_t: Array,
+def previous_state_gradients(d_c_step: Array, f: Array, valid: MaybeArray, product_t: StepProduct,
                              d_gates: Array, d_c: Array, d_h: Array, scratch: Array) -> None:
     """In place, d_c and d_h become the gradients of c_{t-1} and h_{t-1}: d_c_step ⊙ f and W_hᵀ·d_gates ([4H, b],
-    the pre-activations' gradients); rows past their length (`valid` False) pass theirs through unchanged."""
+    the pre-activations' gradients, by `product_t` from `step_product`); rows past their length (`valid` False) pass
+    theirs through unchanged."""
     if valid is None:
         numpy.multiply(d_c_step, f, out=d_c)
-        numpy.matmul(recurrent_weights_t, d_gates, out=d_h)
+        product_t(d_gates, d_h)
         return
     finished = ~valid
     numpy.multiply(d_c_step, f, out=scratch)
     numpy.copyto(scratch, d_c, where=finished)
     d_c[...] = scratch
     numpy.multiply(d_h, finished, out=scratch)
-    numpy.matmul(recurrent_weights_t, d_gates, out=d_h)
+    product_t(d_gates, d_h)
     d_h += scratch
 
 

@@ -26,7 +26,7 @@ import numpy
 from xlstm_backends.numpy_kernels import (
     SIGMOID_GATES, backward_on_row_blocks, carry_state, cell_update, empty, feature_major,
     forward_on_row_blocks, gate_gradients, kernel_order, output_gradients, previous_state_gradients, state_gradients,
-    weight_and_input_gradients)
+    step_product, weight_and_input_gradients)
 
 DESCRIPTION = "NumPy layer-norm kernels (fused in-place ufuncs; pip install 'xlstm-array[fast]' for compiled ones)"
 NORMS = 5  # rows of norm_gain / norm_shift: the gates f, i, c, o, then the cell state
@@ -188,17 +188,17 @@ def _forward_rows(weights: Weights, inputs, c0, h0, masks, valid, keep_for_backw
     scratch = numpy.empty((units, batch), dtype)
     a_blocks, c_raw_block = a.reshape(4, units, batch), c_raw.reshape(1, units, batch)
     projected_steps = [projected[:, t * batch : (t + 1) * batch] for t in range(steps)]
-    recurrent, epsilon = weights.recurrent, norms.epsilon
+    product, epsilon = step_product(weights.recurrent, batch), norms.epsilon
     mean_row = numpy.full((1, units), 1.0 / units, dtype)
     gates_gain, gates_shift, state_gain, state_shift = _across_rows(
         batch, norms.gates_gain, norms.gates_shift, norms.gain[4 * units :], norms.state_shift)
-    matmul, tanh, multiply = numpy.matmul, numpy.tanh, numpy.multiply  # local: fewer lookups
+    tanh, multiply = numpy.tanh, numpy.multiply  # local: fewer lookups
     carried_h_per_step = keep_for_backward and valid is not None  # else copied from the outputs after the loop
     for t, (act, sigmoids, f, i, o, g, gates_hat, gates_hat_blocks, state_hat, state_hat_block, gates_inverse_std,
             state_inverse_std, c, c_new, tanh_c) in enumerate(views):
         if carried_h_per_step:
             inputs_and_h[t, :, input_size:] = h.T
-        matmul(recurrent, h, out=a)
+        product(h, a)
         a += projected_steps[t]
         _normalise(a_blocks, gates_hat_blocks, gates_inverse_std, mean_row, epsilon)
         multiply(gates_hat, gates_gain, out=act)
@@ -257,6 +257,7 @@ def _backward_rows(cache: RowsCache, d_outputs, d_c, d_h, *, recurrent_weights_t
     d_h = numpy.array(d_h.T, dtype=dtype, order="C")  # copies: both are updated in place
     d_c = numpy.array(d_c.T, dtype=dtype, order="C")
     d_h_step, d_state, scratch = (numpy.empty((units, batch), dtype) for _ in range(3))
+    product_t = step_product(recurrent_weights_t, batch)
     step_d_gates, gates_scratch = (numpy.empty((4, units, batch), dtype) for _ in range(2))
     means = numpy.empty((4, 1, batch), dtype)
     mean_row = numpy.full((1, units), 1.0 / units, dtype)
@@ -285,7 +286,7 @@ def _backward_rows(cache: RowsCache, d_outputs, d_c, d_h, *, recurrent_weights_t
         multiply(d_y[: 4 * units], gates_gain, out=flat_step_d_gates)  # through the gates' norms
         _normalise_vjp(step_d_gates, gates_hat_blocks, gates_inverse_std, mean_row, means, gates_scratch)
         d_gates[:, t, :] = flat_step_d_gates
-        previous_state_gradients(d_state, f, valid_t, recurrent_weights_t, flat_step_d_gates, d_c, d_h, scratch)
+        previous_state_gradients(d_state, f, valid_t, product_t, flat_step_d_gates, d_c, d_h, scratch)
     d_weights, d_inputs = weight_and_input_gradients(d_gates, cache.inputs_and_h, input_weights, bias=False)
     d_shift = d_norms.sum(axis=0).sum(axis=1)  # over the steps first: 4× faster than both axes at once
     d_norms *= cache.normalised

@@ -100,6 +100,73 @@ def test_numpy_kernels_on_row_blocks_equal_generic_code(threads, dtype, toleranc
         _assert_close(fused[name], generic[name], tolerance, name)
 
 
+def force_chunked_products(monkeypatch) -> None:
+    """Every per-step product of the NumPy kernels in row chunks, whatever its size: the largest proper divisor of its
+    rows (one-row chunks where the rows are prime), so that even the tests' small shapes take the chunked path."""
+    monkeypatch.setattr(numpy_kernels, "SMALL_PRODUCT", 0)
+    monkeypatch.setattr(numpy_kernels, "chunk_rows", lambda rows, *_: max(d for d in range(1, rows) if rows % d == 0)
+                        if rows > 1 else 1)
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+@pytest.mark.parametrize("fuses", [True, False])
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
+@settings(max_examples=20, deadline=None)
+@given(case=cases(batch=st.integers(1, 7)))
+def test_numpy_kernels_with_each_kind_of_step_product_equal_generic_code(chunked, fuses, threads, dtype, tolerance,
+                                                                         case):
+    """Every way the NumPy loops form a step's products, whatever the sizes would choose: the forward's
+    [1, x_t, h_{t-1}]·Wᵀ whole (without lengths) or W_h·h_{t-1} plus a projection of all steps; each, and the
+    backward's W_hᵀ·d_gates, in one matmul or in row chunks (what `chunk_rows` picks where OpenBLAS's small-matrix
+    kernels win); on one row block and on two."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(row_threads.THREADS_VARIABLE, threads)
+        monkeypatch.setattr(numpy_kernels, "MIN_BLOCK_CELLS", 1)
+        if chunked:
+            force_chunked_products(monkeypatch)
+        monkeypatch.setattr(numpy_kernels, "fuses", lambda weights, batch: fuses)
+        fused, generic = _run_both(monkeypatch, case, dtype)
+    for name in fused:
+        _assert_close(fused[name], generic[name], tolerance, name)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("rows, depth, batch, chunk", [(20, 5, 3, 20), (20, 5, 3, 5), (20, 5, 3, 1), (12, 7, 1, 4),
+                                                       (256, 64, 16, 32)])
+def test_step_product_in_row_chunks_equals_one_matmul(dtype, rows, depth, batch, chunk):
+    """_chunked_product(W, chunk)(x, out) writes W·x into `out`, chunked or whole; an out it could only reshape by
+    copying (so that the product would be lost) is refused."""
+    rng = np.random.default_rng(rows + chunk)
+    weights, x = rng.normal(size=(rows, depth)).astype(dtype), rng.normal(size=(depth, batch)).astype(dtype)
+    out = np.full((rows, batch), np.nan, dtype)
+    numpy_kernels._chunked_product(weights, chunk)(x, out)
+    np.testing.assert_allclose(out, weights @ x, rtol=1e-12 if dtype == "float64" else 1e-5, atol=1e-12)
+    if chunk < rows:
+        with pytest.raises(ValueError, match="out must be C-contiguous"):
+            numpy_kernels._chunked_product(weights, chunk)(x, np.empty((rows, 2 * batch), dtype)[:, ::2])
+
+
+def test_chunk_rows_measures_only_where_a_chunk_falls_under_the_small_kernels_limit(monkeypatch):
+    """No chunk of CHUNK_ROWS divides 20 rows: one call, nothing measured; at the medium bench shape's per-step product
+    128-, 64- and 32-row chunks qualify, and the measurement picks one of them or one call, once per shape (cached).
+    The forward fuses the input projection into the step's product exactly where that product runs unpacked."""
+    numpy_kernels._measured_chunk_rows.cache_clear()
+    assert numpy_kernels.chunk_rows(20, 5, 3, "<f8", (1,)) == 20
+    chosen = numpy_kernels.chunk_rows(1024, 256, 16, "<f4", (1,))
+    assert chosen in (1024, 128, 64, 32)
+    assert numpy_kernels.chunk_rows(1024, 256, 16, "<f4", (1,)) == chosen
+    assert numpy_kernels._measured_chunk_rows.cache_info().hits == 1
+    out = np.empty((20, 3))
+    numpy_kernels.step_product(np.ones((20, 5)), 3)(np.ones((5, 3)), out)  # small: one matmul, no measuring
+    np.testing.assert_array_equal(out, 5.0)
+    assert numpy_kernels.fuses(np.ones((20, 5)), 3)  # one small call: the projection rides in it
+    monkeypatch.setattr(numpy_kernels, "chunk_rows", lambda rows, *_: rows)
+    assert not numpy_kernels.fuses(np.ones((1024, 385)), 16)  # a packed call a step: the projection stays apart
+    monkeypatch.setattr(numpy_kernels, "chunk_rows", lambda rows, *_: 128)
+    assert numpy_kernels.fuses(np.ones((1024, 385)), 16)
+
+
 @pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
 @pytest.mark.parametrize("threads", ["2", "3"])
 @pytest.mark.parametrize("fuses", [True, False])

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import xlstm
+from test_kernels import force_chunked_products
 from xlstm_backends import numpy_backend, numpy_layer_norm, row_threads
 from xlstm_backends.numpy_backend import NumpyLibrary
 
@@ -93,6 +94,20 @@ def test_fused_layer_norm_kernels_equal_generic_code_in_float32(kernels, case):
     float32's mean subtraction loses most digits, so that a few units in the last place upstream
     came out 1e-2 apart in a gradient (once in 300 draws with H = 2: ill-conditioned, not wrong)."""
     _assert_close(case, "float32", 1e-4, kernels)
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=cases())
+def test_numpy_layer_norm_kernels_with_chunked_step_products_equal_generic_code(case):
+    """The NumPy layer-norm loops with every per-step product in row chunks (as `chunk_rows` picks where that is
+    faster), float64 within 1e-12 of the generic code."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        force_chunked_products(monkeypatch)
+        fused, generic = _run_both(monkeypatch, case, "float64", "numpy")
+    largest = max(float(np.max(np.abs(generic[name]), initial=0.0)) for name in RESULTS)
+    for name in RESULTS:
+        np.testing.assert_allclose(fused[name], generic[name], atol=1e-12 * max(1.0, largest), rtol=1e-12,
+                                   err_msg=name)
 
 
 def _assert_close(case, dtype, tolerance, kernels):
