@@ -130,6 +130,86 @@ def _tanh_for(x):
     return lambda x: math.tanh(x)
 
 
+class _Lanes:
+    """Emits float32 arithmetic on vectors of `lanes` floats into one intrinsic's code: constants, fused
+    multiply-adds and the same rational tanh as `tanh`."""
+
+    def __init__(self, builder, lanes: int) -> None:
+        self.builder, self.lanes = builder, lanes
+        self.vector = ir.VectorType(ir.FloatType(), lanes)
+        self._intrinsics = {name: cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            self.vector, [self.vector] * arity), f"llvm.{name}.v{lanes}f32") for name, arity in
+            (("fma", 3), ("minnum", 2), ("maxnum", 2))}
+
+    def constant(self, value: float):
+        """`value` in every lane."""
+        return ir.Constant(self.vector, [float(numpy.float32(value))] * self.lanes)
+
+    def call(self, name: str, *operands):
+        """The LLVM vector intrinsic llvm.`name` (fma, minnum, maxnum) on operands."""
+        return self.builder.call(self._intrinsics[name], list(operands))
+
+    def tanh(self, x):
+        """Eigen's rational tanh, as `tanh` computes it for one float32."""
+        x = self.call("minnum", self.call("maxnum", x, self.constant(-TANH_CLAMP)), self.constant(TANH_CLAMP))
+        x2 = self.builder.fmul(x, x)
+        top, bottom = self.constant(TANH_P[-1]), self.constant(TANH_Q[-1])
+        for c in reversed(TANH_P[:-1]):
+            top = self.call("fma", top, x2, self.constant(c))
+        for c in reversed(TANH_Q[:-1]):
+            bottom = self.call("fma", bottom, x2, self.constant(c))
+        return self.builder.fdiv(self.builder.fmul(top, x), bottom)
+
+    def sigmoid(self, x):
+        """σ(x) = ½·tanh(½x) + ½, as the loops compute it."""
+        half = self.constant(0.5)
+        return self.call("fma", half, self.tanh(self.builder.fmul(half, x)), half)
+
+
+@intrinsic
+def _cell_vectors(typingctx, a, act, mask, c, tanh_c, h, out):
+    """An intrinsic cell_vectors(a, act, mask, c, tanh_c, h, out) -> n: one batch row's step, its units j < n
+    (n = the whole vectors of VECTOR_BITS in H) in float32 vectors, all four gates and the state in one pass:
+    act [4H] = σ(a_f), σ(a_i), tanh(a_c), σ(a_o) from the pre-activations a [4H]; c [H] = f⊙c + i⊙(g⊙mask);
+    tanh_c [H] = tanh(c); h, out [H] = o⊙tanh(c). Arrays contiguous. n = 0 for other dtypes: their units go
+    to the caller's scalar loop, as do those past n. Numba's vectoriser does not fuse this pass (the seven
+    arrays might overlap, too many to check) and keeps its own loops at 256 bits."""
+    arrays = (a, act, mask, c, tanh_c, h, out)
+    if not all(isinstance(kind, types.Array) and kind.ndim == 1 and kind.layout == "C" and kind.dtype == a.dtype
+               for kind in arrays):
+        return None
+    vectorised = a.dtype == types.float32
+
+    def codegen(context, builder, signature, args):
+        intp = context.get_value_type(types.intp)
+        units = cgutils.unpack_tuple(builder, context.make_array(signature.args[3])(context, builder, args[3]).shape,
+                                     1)[0]
+        if not vectorised:
+            return ir.Constant(intp, 0)
+        lanes = _Lanes(builder, VECTOR_BITS // 32)
+        data = [context.make_array(kind)(context, builder, value).data for kind, value in zip(signature.args, args)]
+        a_data, act_data, mask_data, c_data, tanh_c_data, h_data, out_data = data
+        width = ir.Constant(intp, lanes.lanes)
+        at = lambda base, offset: builder.bitcast(builder.gep(base, [offset]), lanes.vector.as_pointer())  # noqa: E731
+        load = lambda base, offset: builder.load(at(base, offset), align=4)  # noqa: E731
+        store = lambda value, base, offset: builder.store(value, at(base, offset), align=4)  # noqa: E731
+        with cgutils.for_range(builder, builder.sdiv(units, width)) as loop:
+            j = builder.mul(loop.index, width)
+            gate_at = [builder.add(j, builder.mul(units, ir.Constant(intp, k))) for k in range(4)]
+            f, i, g, o = (activate(load(a_data, offset)) for activate, offset in
+                          zip((lanes.sigmoid, lanes.sigmoid, lanes.tanh, lanes.sigmoid), gate_at))
+            for value, offset in zip((f, i, g, o), gate_at):
+                store(value, act_data, offset)
+            c_new = lanes.call("fma", f, load(c_data, j), builder.fmul(i, builder.fmul(g, load(mask_data, j))))
+            tanh_c_new = lanes.tanh(c_new)
+            h_new = builder.fmul(o, tanh_c_new)
+            for value, base in ((c_new, c_data), (tanh_c_new, tanh_c_data), (h_new, h_data), (h_new, out_data)):
+                store(value, base, j)
+        return builder.mul(builder.sdiv(units, width), width)
+
+    return types.intp(*arrays), codegen
+
+
 def _tile_of(rows: int):
     """An intrinsic tile(x, w, out, b, n): out[b : b + rows, n : n + C] = x[b : b + rows]·w for x [R, K],
     one packed chunk of columns w [K, C] (C = TILE_VECTORS·lanes), out [R, N], rows contiguous. Its
@@ -227,6 +307,18 @@ def _product(x, packed, rest, out):
 
 
 @numba.njit(**JIT)
+def _activations(row, act, units: int, j: int, half):
+    """Unit j's four gates from the pre-activations row [4H] into act [4H] (f, i, o by σ(a) = ½·tanh(½a) + ½, the
+    candidate by tanh), returned: the scalar twin of `_cell_vectors`, for float64 and the units past its vectors."""
+    f = half * tanh(half * row[j]) + half
+    i = half * tanh(half * row[units + j]) + half
+    g = tanh(row[2 * units + j])
+    o = half * tanh(half * row[3 * units + j]) + half
+    act[j], act[units + j], act[2 * units + j], act[3 * units + j] = f, i, g, o
+    return f, i, g, o
+
+
+@numba.njit(**JIT)
 def _forward_loop(inputs, projected, bias, recurrent, packed, rest, c, h, masks, valid, outputs, gates, cells,
                   tanh_cells, inputs_and_h, keep, hand, one, start, stop):
     """Run every step in place for the batch rows [start, stop) (rows never meet, so blocks of
@@ -278,25 +370,20 @@ def _forward_loop(inputs, projected, bias, recurrent, packed, rest, c, h, masks,
                 x = projected[t, b - start]
                 for k in range(four_units):
                     row[k] += x[k] + bias[k]
-            for k in range(2 * units):  # σ(a) = ½·tanh(½a) + ½ for f, i (and o below)
-                act[k] = half * tanh(half * row[k]) + half
-            for k in range(2 * units, 3 * units):
-                act[k] = tanh(row[k])
-            for k in range(3 * units, four_units):
-                act[k] = half * tanh(half * row[k]) + half
-            f, i, g, o = act[:units], act[units : 2 * units], act[2 * units : 3 * units], act[3 * units :]
             mask = masks[t, b] if masks.shape[0] else no_mask
             cb, hb, tanh_c, out = c[b], h[b], tanh_cells[slot, b - start], outputs[t, b]
             if valid.shape[0] == 0 or valid[t, b]:
-                for j in range(units):
-                    c_new = f[j] * cb[j] + i[j] * (g[j] * mask[j])
+                for j in range(_cell_vectors(row, act, mask, cb, tanh_c, hb, out), units):
+                    f, i, g, o = _activations(row, act, units, j, half)
+                    c_new = f * cb[j] + i * (g * mask[j])
                     cb[j] = c_new
                     tanh_c[j] = tanh(c_new)
-                    hb[j] = o[j] * tanh_c[j]
+                    hb[j] = o * tanh_c[j]
                     out[j] = hb[j]
             else:  # a finished row keeps its state; its output is zero
                 for j in range(units):
-                    tanh_c[j] = tanh(f[j] * cb[j] + i[j] * (g[j] * mask[j]))
+                    f, i, g, o = _activations(row, act, units, j, half)
+                    tanh_c[j] = tanh(f * cb[j] + i * (g * mask[j]))
                     out[j] = zero
     if keep:
         cells[steps] = c[start:stop]
