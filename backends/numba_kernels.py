@@ -166,48 +166,88 @@ class _Lanes:
         return self.call("fma", half, self.tanh(self.builder.fmul(half, x)), half)
 
 
-@intrinsic
-def _cell_vectors(typingctx, a, act, mask, c, tanh_c, h, out):
-    """An intrinsic cell_vectors(a, act, mask, c, tanh_c, h, out) -> n: one batch row's step, its units j < n
-    (n = the whole vectors of VECTOR_BITS in H) in float32 vectors, all four gates and the state in one pass:
-    act [4H] = σ(a_f), σ(a_i), tanh(a_c), σ(a_o) from the pre-activations a [4H]; c [H] = f⊙c + i⊙(g⊙mask);
-    tanh_c [H] = tanh(c); h, out [H] = o⊙tanh(c). Arrays contiguous. n = 0 for other dtypes: their units go
-    to the caller's scalar loop, as do those past n. Numba's vectoriser does not fuse this pass (the seven
-    arrays might overlap, too many to check) and keeps its own loops at 256 bits."""
-    arrays = (a, act, mask, c, tanh_c, h, out)
-    if not all(isinstance(kind, types.Array) and kind.ndim == 1 and kind.layout == "C" and kind.dtype == a.dtype
+def _row_vectors(arrays: tuple, unit_array: int, body):
+    """The typing and code of an intrinsic over one batch row's contiguous 1-D arrays of one dtype (None, i.e. not
+    this intrinsic, for others): a loop over the row's whole vectors of VECTOR_BITS in H (the length of
+    arrays[unit_array]), body(lanes, load, store, units, j) emitting vector j's work with load(k, offset) and
+    store(value, k, offset) on arrays[k] from the unit offset; it returns how many units that was. Only float32
+    runs in vectors (float64 needs math.tanh): for other dtypes it returns 0, and the caller's scalar loop does
+    every unit, as it does those past the whole vectors. Numba's own vectoriser does not fuse these passes (the
+    many arrays might overlap, too many to check) and keeps its loops at 256 bits."""
+    if not all(isinstance(kind, types.Array) and kind.ndim == 1 and kind.layout == "C" and kind.dtype == arrays[0].dtype
                for kind in arrays):
         return None
-    vectorised = a.dtype == types.float32
+    vectorised = arrays[0].dtype == types.float32
 
     def codegen(context, builder, signature, args):
         intp = context.get_value_type(types.intp)
-        units = cgutils.unpack_tuple(builder, context.make_array(signature.args[3])(context, builder, args[3]).shape,
-                                     1)[0]
+        made = [context.make_array(kind)(context, builder, value) for kind, value in zip(signature.args, args)]
+        units = cgutils.unpack_tuple(builder, made[unit_array].shape, 1)[0]
         if not vectorised:
             return ir.Constant(intp, 0)
         lanes = _Lanes(builder, VECTOR_BITS // 32)
-        data = [context.make_array(kind)(context, builder, value).data for kind, value in zip(signature.args, args)]
-        a_data, act_data, mask_data, c_data, tanh_c_data, h_data, out_data = data
         width = ir.Constant(intp, lanes.lanes)
-        at = lambda base, offset: builder.bitcast(builder.gep(base, [offset]), lanes.vector.as_pointer())  # noqa: E731
-        load = lambda base, offset: builder.load(at(base, offset), align=4)  # noqa: E731
-        store = lambda value, base, offset: builder.store(value, at(base, offset), align=4)  # noqa: E731
+        at = lambda k, offset: builder.bitcast(builder.gep(made[k].data, [offset]),  # noqa: E731
+                                               lanes.vector.as_pointer())
+        load = lambda k, offset: builder.load(at(k, offset), align=4)  # noqa: E731
+        store = lambda value, k, offset: builder.store(value, at(k, offset), align=4)  # noqa: E731
         with cgutils.for_range(builder, builder.sdiv(units, width)) as loop:
-            j = builder.mul(loop.index, width)
-            gate_at = [builder.add(j, builder.mul(units, ir.Constant(intp, k))) for k in range(4)]
-            f, i, g, o = (activate(load(a_data, offset)) for activate, offset in
-                          zip((lanes.sigmoid, lanes.sigmoid, lanes.tanh, lanes.sigmoid), gate_at))
-            for value, offset in zip((f, i, g, o), gate_at):
-                store(value, act_data, offset)
-            c_new = lanes.call("fma", f, load(c_data, j), builder.fmul(i, builder.fmul(g, load(mask_data, j))))
-            tanh_c_new = lanes.tanh(c_new)
-            h_new = builder.fmul(o, tanh_c_new)
-            for value, base in ((c_new, c_data), (tanh_c_new, tanh_c_data), (h_new, h_data), (h_new, out_data)):
-                store(value, base, j)
+            body(lanes, load, store, units, builder.mul(loop.index, width))
         return builder.mul(builder.sdiv(units, width), width)
 
     return types.intp(*arrays), codegen
+
+
+def _gate_offsets(builder, units, j) -> list:
+    """Unit offset j in each of the four gates' blocks of a [4H] row."""
+    return [builder.add(j, builder.mul(units, ir.Constant(units.type, k))) for k in range(4)]
+
+
+@intrinsic
+def _cell_vectors(typingctx, a, act, mask, c, tanh_c, h, out):
+    """An intrinsic cell_vectors(a, act, mask, c, tanh_c, h, out) -> n: one batch row's forward step for its units
+    j < n (`_row_vectors`), all four gates and the state in one pass: act [4H] = σ(a_f), σ(a_i), tanh(a_c), σ(a_o)
+    from the pre-activations a [4H]; c [H] = f⊙c + i⊙(g⊙mask); tanh_c [H] = tanh(c); h, out [H] = o⊙tanh(c)."""
+
+    def body(lanes, load, store, units, j):
+        builder = lanes.builder
+        gate_at = _gate_offsets(builder, units, j)
+        f, i, g, o = (activate(load(0, offset)) for activate, offset in
+                      zip((lanes.sigmoid, lanes.sigmoid, lanes.tanh, lanes.sigmoid), gate_at))
+        for value, offset in zip((f, i, g, o), gate_at):
+            store(value, 1, offset)
+        c_new = lanes.call("fma", f, load(3, j), builder.fmul(i, builder.fmul(g, load(2, j))))
+        tanh_c_new = lanes.tanh(c_new)
+        h_new = builder.fmul(o, tanh_c_new)
+        for value, k in ((c_new, 3), (tanh_c_new, 4), (h_new, 5), (h_new, 6)):
+            store(value, k, j)
+
+    return _row_vectors((a, act, mask, c, tanh_c, h, out), 3, body)
+
+
+@intrinsic
+def _cell_gradient_vectors(typingctx, act, c_prev, tanh_c, mask, d_out, d_c, d_h, d):
+    """An intrinsic cell_gradient_vectors(act, c_prev, tanh_c, mask, d_out, d_c, d_h, d) -> n: one batch row's
+    backward step for its units j < n (`_row_vectors`), as `_backward_loop`'s scalar loop computes it: d [4H] the
+    pre-activation gradients from the kept activations act [4H], c_{t-1} and tanh(c_t) [H] and the incoming
+    d_out, d_c, d_h [H]; d_c becomes the gradient of c_{t-1}."""
+
+    def body(lanes, load, store, units, j):
+        builder = lanes.builder
+        mul = lambda *factors: functools.reduce(builder.fmul, factors)  # noqa: E731
+        one = lanes.constant(1.0)
+        gate_at = _gate_offsets(builder, units, j)
+        f, i, g, o = (load(0, offset) for offset in gate_at)
+        tanh_c_j, m = load(2, j), load(3, j)
+        dh = builder.fadd(load(6, j), load(4, j))
+        dc = lanes.call("fma", mul(dh, o), builder.fsub(one, mul(tanh_c_j, tanh_c_j)), load(5, j))
+        gradients = (mul(dc, load(1, j), f, builder.fsub(one, f)), mul(dc, g, m, i, builder.fsub(one, i)),
+                     mul(dc, i, m, builder.fsub(one, mul(g, g))), mul(dh, tanh_c_j, o, builder.fsub(one, o)))
+        for value, offset in zip(gradients, gate_at):
+            store(value, 7, offset)
+        store(builder.fmul(dc, f), 5, j)
+
+    return _row_vectors((act, c_prev, tanh_c, mask, d_out, d_c, d_h, d), 1, body)
 
 
 def _tile_of(rows: int):
@@ -416,7 +456,7 @@ def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, packed, re
             mask = masks[t, b] if masks.shape[0] else no_mask
             c_prev, tanh_c, d_out = cells[t, b - start], tanh_cells[t, b - start], d_outputs[t, b]
             dcb, dhb = d_c[b], d_h[b]
-            for j in range(units):
+            for j in range(_cell_gradient_vectors(act, c_prev, tanh_c, mask, d_out, dcb, dhb, d), units):
                 dh = dhb[j] + d_out[j]
                 dc = dcb[j] + dh * o[j] * (one - tanh_c[j] * tanh_c[j])
                 d_f[j] = dc * c_prev[j] * f[j] * (one - f[j])
