@@ -6,13 +6,13 @@ float32 tanh on a CPU without AVX-512 runs scalar at ~3 ns an element, a third o
 at the default model's size. Here each direction of the whole sequence is one compiled
 call: per step one product (a hand-written kernel in 512-bit vectors, `_product`: forwards the whole step's
 [1, x_t, h_{t-1}]·Wᵀ, backwards the recurrent term; for weights too big for it, an input projection
-first and the recurrent term by `_product` or OpenBLAS) and one fused loop over [B, H] that does the
-whole step's pointwise work. Everything is batch-major: gates
+first and the recurrent term by `_product` or OpenBLAS) and one pass over each batch row that does the
+whole step's pointwise work, its float32 units in explicit vectors (`_cell_vectors`, `_cell_gradient_vectors`). Everything is batch-major: gates
 [B, 4H] in xlstm's order f, i, c, o, states [B, H]. Batch rows never meet, so the batch is cut into
 row blocks and each runs the whole loop on a thread of its own (`row_threads`, XLSTM_THREADS).
 
 float32 uses a rational approximation of tanh (Eigen's, clamped at ±7.9053: at most a
-few units in the last place) that the compiler can vectorise; float64 uses `math.tanh`,
+few units in the last place) in vectors; float64 uses `math.tanh`,
 so the float64 numbers equal the generic array-API code's to rounding. Same interface as
 `numpy_kernels`: `lstm_forward`, `lstm_backward`.
 """
