@@ -6,13 +6,13 @@ float32 tanh on a CPU without AVX-512 runs scalar at ~3 ns an element, a third o
 at the default model's size. Here each direction of the whole sequence is one compiled
 call: per step one product (a hand-written kernel in 512-bit vectors, `_product`: forwards the whole step's
 [1, x_t, h_{t-1}]·Wᵀ, backwards the recurrent term; for weights too big for it, an input projection
-first and the recurrent term by `_product` or OpenBLAS) and one fused loop over [B, H] that does the
-whole step's pointwise work. Everything is batch-major: gates
+first and the recurrent term by `_product` or OpenBLAS) and one pass over each batch row that does the
+whole step's pointwise work, its float32 units in explicit vectors (`_cell_vectors`, `_cell_gradient_vectors`). Everything is batch-major: gates
 [B, 4H] in xlstm's order f, i, c, o, states [B, H]. Batch rows never meet, so the batch is cut into
 row blocks and each runs the whole loop on a thread of its own (`row_threads`, XLSTM_THREADS).
 
 float32 uses a rational approximation of tanh (Eigen's, clamped at ±7.9053: at most a
-few units in the last place) that the compiler can vectorise; float64 uses `math.tanh`,
+few units in the last place) in vectors; float64 uses `math.tanh`,
 so the float64 numbers equal the generic array-API code's to rounding. Same interface as
 `numpy_kernels`: `lstm_forward`, `lstm_backward`.
 """
@@ -130,6 +130,126 @@ def _tanh_for(x):
     return lambda x: math.tanh(x)
 
 
+class _Lanes:
+    """Emits float32 arithmetic on vectors of `lanes` floats into one intrinsic's code: constants, fused
+    multiply-adds and the same rational tanh as `tanh`."""
+
+    def __init__(self, builder, lanes: int) -> None:
+        self.builder, self.lanes = builder, lanes
+        self.vector = ir.VectorType(ir.FloatType(), lanes)
+        self._intrinsics = {name: cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            self.vector, [self.vector] * arity), f"llvm.{name}.v{lanes}f32") for name, arity in
+            (("fma", 3), ("minnum", 2), ("maxnum", 2))}
+
+    def constant(self, value: float):
+        """`value` in every lane."""
+        return ir.Constant(self.vector, [float(numpy.float32(value))] * self.lanes)
+
+    def call(self, name: str, *operands):
+        """The LLVM vector intrinsic llvm.`name` (fma, minnum, maxnum) on operands."""
+        return self.builder.call(self._intrinsics[name], list(operands))
+
+    def tanh(self, x):
+        """Eigen's rational tanh, as `tanh` computes it for one float32."""
+        x = self.call("minnum", self.call("maxnum", x, self.constant(-TANH_CLAMP)), self.constant(TANH_CLAMP))
+        x2 = self.builder.fmul(x, x)
+        top, bottom = self.constant(TANH_P[-1]), self.constant(TANH_Q[-1])
+        for c in reversed(TANH_P[:-1]):
+            top = self.call("fma", top, x2, self.constant(c))
+        for c in reversed(TANH_Q[:-1]):
+            bottom = self.call("fma", bottom, x2, self.constant(c))
+        return self.builder.fdiv(self.builder.fmul(top, x), bottom)
+
+    def sigmoid(self, x):
+        """σ(x) = ½·tanh(½x) + ½, as the loops compute it."""
+        half = self.constant(0.5)
+        return self.call("fma", half, self.tanh(self.builder.fmul(half, x)), half)
+
+
+def _row_vectors(arrays: tuple, unit_array: int, body):
+    """The typing and code of an intrinsic over one batch row's contiguous 1-D arrays of one dtype (None, i.e. not
+    this intrinsic, for others): a loop over the row's whole vectors of VECTOR_BITS in H (the length of
+    arrays[unit_array]), body(lanes, load, store, units, j) emitting vector j's work with load(k, offset) and
+    store(value, k, offset) on arrays[k] from the unit offset; it returns how many units that was. Only float32
+    runs in vectors (float64 needs math.tanh): for other dtypes it returns 0, and the caller's scalar loop does
+    every unit, as it does those past the whole vectors. Numba's own vectoriser does not fuse these passes (the
+    many arrays might overlap, too many to check) and keeps its loops at 256 bits."""
+    if not all(isinstance(kind, types.Array) and kind.ndim == 1 and kind.layout == "C" and kind.dtype == arrays[0].dtype
+               for kind in arrays):
+        return None
+    vectorised = arrays[0].dtype == types.float32
+
+    def codegen(context, builder, signature, args):
+        intp = context.get_value_type(types.intp)
+        made = [context.make_array(kind)(context, builder, value) for kind, value in zip(signature.args, args)]
+        units = cgutils.unpack_tuple(builder, made[unit_array].shape, 1)[0]
+        if not vectorised:
+            return ir.Constant(intp, 0)
+        lanes = _Lanes(builder, VECTOR_BITS // 32)
+        width = ir.Constant(intp, lanes.lanes)
+        at = lambda k, offset: builder.bitcast(builder.gep(made[k].data, [offset]),  # noqa: E731
+                                               lanes.vector.as_pointer())
+        load = lambda k, offset: builder.load(at(k, offset), align=4)  # noqa: E731
+        store = lambda value, k, offset: builder.store(value, at(k, offset), align=4)  # noqa: E731
+        with cgutils.for_range(builder, builder.sdiv(units, width)) as loop:
+            body(lanes, load, store, units, builder.mul(loop.index, width))
+        return builder.mul(builder.sdiv(units, width), width)
+
+    return types.intp(*arrays), codegen
+
+
+def _gate_offsets(builder, units, j) -> list:
+    """Unit offset j in each of the four gates' blocks of a [4H] row."""
+    return [builder.add(j, builder.mul(units, ir.Constant(units.type, k))) for k in range(4)]
+
+
+@intrinsic
+def _cell_vectors(typingctx, a, act, mask, c, tanh_c, h, out):
+    """An intrinsic cell_vectors(a, act, mask, c, tanh_c, h, out) -> n: one batch row's forward step for its units
+    j < n (`_row_vectors`), all four gates and the state in one pass: act [4H] = σ(a_f), σ(a_i), tanh(a_c), σ(a_o)
+    from the pre-activations a [4H]; c [H] = f⊙c + i⊙(g⊙mask); tanh_c [H] = tanh(c); h, out [H] = o⊙tanh(c)."""
+
+    def body(lanes, load, store, units, j):
+        builder = lanes.builder
+        gate_at = _gate_offsets(builder, units, j)
+        f, i, g, o = (activate(load(0, offset)) for activate, offset in
+                      zip((lanes.sigmoid, lanes.sigmoid, lanes.tanh, lanes.sigmoid), gate_at))
+        for value, offset in zip((f, i, g, o), gate_at):
+            store(value, 1, offset)
+        c_new = lanes.call("fma", f, load(3, j), builder.fmul(i, builder.fmul(g, load(2, j))))
+        tanh_c_new = lanes.tanh(c_new)
+        h_new = builder.fmul(o, tanh_c_new)
+        for value, k in ((c_new, 3), (tanh_c_new, 4), (h_new, 5), (h_new, 6)):
+            store(value, k, j)
+
+    return _row_vectors((a, act, mask, c, tanh_c, h, out), 3, body)
+
+
+@intrinsic
+def _cell_gradient_vectors(typingctx, act, c_prev, tanh_c, mask, d_out, d_c, d_h, d):
+    """An intrinsic cell_gradient_vectors(act, c_prev, tanh_c, mask, d_out, d_c, d_h, d) -> n: one batch row's
+    backward step for its units j < n (`_row_vectors`), as `_backward_loop`'s scalar loop computes it: d [4H] the
+    pre-activation gradients from the kept activations act [4H], c_{t-1} and tanh(c_t) [H] and the incoming
+    d_out, d_c, d_h [H]; d_c becomes the gradient of c_{t-1}."""
+
+    def body(lanes, load, store, units, j):
+        builder = lanes.builder
+        mul = lambda *factors: functools.reduce(builder.fmul, factors)  # noqa: E731
+        one = lanes.constant(1.0)
+        gate_at = _gate_offsets(builder, units, j)
+        f, i, g, o = (load(0, offset) for offset in gate_at)
+        tanh_c_j, m = load(2, j), load(3, j)
+        dh = builder.fadd(load(6, j), load(4, j))
+        dc = lanes.call("fma", mul(dh, o), builder.fsub(one, mul(tanh_c_j, tanh_c_j)), load(5, j))
+        gradients = (mul(dc, load(1, j), f, builder.fsub(one, f)), mul(dc, g, m, i, builder.fsub(one, i)),
+                     mul(dc, i, m, builder.fsub(one, mul(g, g))), mul(dh, tanh_c_j, o, builder.fsub(one, o)))
+        for value, offset in zip(gradients, gate_at):
+            store(value, 7, offset)
+        store(builder.fmul(dc, f), 5, j)
+
+    return _row_vectors((act, c_prev, tanh_c, mask, d_out, d_c, d_h, d), 1, body)
+
+
 def _tile_of(rows: int):
     """An intrinsic tile(x, w, out, b, n): out[b : b + rows, n : n + C] = x[b : b + rows]·w for x [R, K],
     one packed chunk of columns w [K, C] (C = TILE_VECTORS·lanes), out [R, N], rows contiguous. Its
@@ -227,6 +347,18 @@ def _product(x, packed, rest, out):
 
 
 @numba.njit(**JIT)
+def _activations(row, act, units: int, j: int, half):
+    """Unit j's four gates from the pre-activations row [4H] into act [4H] (f, i, o by σ(a) = ½·tanh(½a) + ½, the
+    candidate by tanh), returned: the scalar twin of `_cell_vectors`, for float64 and the units past its vectors."""
+    f = half * tanh(half * row[j]) + half
+    i = half * tanh(half * row[units + j]) + half
+    g = tanh(row[2 * units + j])
+    o = half * tanh(half * row[3 * units + j]) + half
+    act[j], act[units + j], act[2 * units + j], act[3 * units + j] = f, i, g, o
+    return f, i, g, o
+
+
+@numba.njit(**JIT)
 def _forward_loop(inputs, projected, bias, recurrent, packed, rest, c, h, masks, valid, outputs, gates, cells,
                   tanh_cells, inputs_and_h, keep, hand, one, start, stop):
     """Run every step in place for the batch rows [start, stop) (rows never meet, so blocks of
@@ -278,25 +410,20 @@ def _forward_loop(inputs, projected, bias, recurrent, packed, rest, c, h, masks,
                 x = projected[t, b - start]
                 for k in range(four_units):
                     row[k] += x[k] + bias[k]
-            for k in range(2 * units):  # σ(a) = ½·tanh(½a) + ½ for f, i (and o below)
-                act[k] = half * tanh(half * row[k]) + half
-            for k in range(2 * units, 3 * units):
-                act[k] = tanh(row[k])
-            for k in range(3 * units, four_units):
-                act[k] = half * tanh(half * row[k]) + half
-            f, i, g, o = act[:units], act[units : 2 * units], act[2 * units : 3 * units], act[3 * units :]
             mask = masks[t, b] if masks.shape[0] else no_mask
             cb, hb, tanh_c, out = c[b], h[b], tanh_cells[slot, b - start], outputs[t, b]
             if valid.shape[0] == 0 or valid[t, b]:
-                for j in range(units):
-                    c_new = f[j] * cb[j] + i[j] * (g[j] * mask[j])
+                for j in range(_cell_vectors(row, act, mask, cb, tanh_c, hb, out), units):
+                    f, i, g, o = _activations(row, act, units, j, half)
+                    c_new = f * cb[j] + i * (g * mask[j])
                     cb[j] = c_new
                     tanh_c[j] = tanh(c_new)
-                    hb[j] = o[j] * tanh_c[j]
+                    hb[j] = o * tanh_c[j]
                     out[j] = hb[j]
             else:  # a finished row keeps its state; its output is zero
                 for j in range(units):
-                    tanh_c[j] = tanh(f[j] * cb[j] + i[j] * (g[j] * mask[j]))
+                    f, i, g, o = _activations(row, act, units, j, half)
+                    tanh_c[j] = tanh(f * cb[j] + i * (g * mask[j]))
                     out[j] = zero
     if keep:
         cells[steps] = c[start:stop]
@@ -329,7 +456,7 @@ def _backward_loop(gates, cells, tanh_cells, masks, valid, recurrent, packed, re
             mask = masks[t, b] if masks.shape[0] else no_mask
             c_prev, tanh_c, d_out = cells[t, b - start], tanh_cells[t, b - start], d_outputs[t, b]
             dcb, dhb = d_c[b], d_h[b]
-            for j in range(units):
+            for j in range(_cell_gradient_vectors(act, c_prev, tanh_c, mask, d_out, dcb, dhb, d), units):
                 dh = dhb[j] + d_out[j]
                 dc = dcb[j] + dh * o[j] * (one - tanh_c[j] * tanh_c[j])
                 d_f[j] = dc * c_prev[j] * f[j] * (one - f[j])

@@ -229,6 +229,53 @@ def test_compiled_loops_with_whole_product_tiles_equal_generic_code(units, dtype
 
 @pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
 @pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("case", [(3, 5, 4, 37, [5, 2, 0], 0.6, False, 1), (9, 4, 3, 16, None, 1.0, True, 2),
+                                  (2, 3, 2, 64, [1, 3], 1.0, False, 3)])
+def test_compiled_kernels_on_whole_vectors_equal_generic_code(dtype, tolerance, case):
+    """H of 16 and more, so the forward step's float32 units run in `_cell_vectors` (whole vectors, then the rest
+    in the scalar loop), with lengths and dropout: the generic code's numbers."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        fused, generic = _run_both(monkeypatch, case, dtype, "numba")
+    for name in fused:
+        _assert_close(fused[name], generic[name], tolerance, name)
+
+
+@pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
+@pytest.mark.parametrize("bits", [512, 256])
+@pytest.mark.parametrize("units", [1, 8, 16, 37, 64])
+def test_cell_vectors_equal_the_step_in_float64(monkeypatch, bits, units):
+    """`_cell_vectors` (freshly compiled for 512- or 256-bit vectors) on one float32 row, over pre-activations
+    from -20 to 20 (past tanh's clamp), against the step in float64: within 4e-7 (a few float32 ulp of values
+    up to 1; the rational tanh is within 2 ulp, σ and the state add a rounding or two). It does the whole
+    vectors only and says how many units that was; float64 rows it leaves alone."""
+    import numba
+
+    from xlstm_backends import numba_kernels
+
+    monkeypatch.setattr(numba_kernels, "VECTOR_BITS", bits)
+    step = numba.njit(lambda *arrays: numba_kernels._cell_vectors(*arrays))
+    rng = np.random.default_rng(units)
+    a, mask = rng.uniform(-20, 20, 4 * units).astype(np.float32), (rng.random(units) < 0.7).astype(np.float32)
+    c = rng.uniform(-3, 3, units).astype(np.float32)
+    act, tanh_c, h, out = (np.full(n, np.nan, np.float32) for n in (4 * units, units, units, units))
+    c_new = c.copy()
+    done = step(a, act, mask, c_new, tanh_c, h, out)
+    assert done == units // (bits // 32) * (bits // 32)
+    wide = a.astype(np.float64).reshape(4, units)
+    sigmoid = 1 / (1 + np.exp(-wide))
+    expected_act = np.stack([sigmoid[0], sigmoid[1], np.tanh(wide[2]), sigmoid[3]])
+    expected_c = expected_act[0] * c + expected_act[1] * expected_act[2] * mask
+    expected_h = expected_act[3] * np.tanh(expected_c)
+    for got, expected in ((act.reshape(4, units), expected_act), (c_new, expected_c), (tanh_c, np.tanh(expected_c)),
+                          (h, expected_h), (out, expected_h)):
+        np.testing.assert_allclose(got[..., :done], expected[..., :done], rtol=4e-7, atol=4e-7)
+        assert np.isnan(got[..., done:]).all() or got is c_new
+    np.testing.assert_array_equal(c_new[done:], c[done:])
+    assert step(*(array.astype(np.float64) for array in (a, act, mask, c, tanh_c, h, out))) == 0
+
+
+@pytest.mark.skipif(NUMBA_MISSING, reason=NUMBA_REASON)
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-12), ("float32", 1e-5)])
 @settings(max_examples=60, deadline=None)
 @given(rows=st.integers(1, 19), depth=st.integers(1, 40), width=st.integers(1, 70), seed=st.integers(0, 2**31))
 def test_hand_written_product_equals_numpy_dot(dtype, tolerance, rows, depth, width, seed):
