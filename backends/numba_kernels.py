@@ -14,7 +14,7 @@ row blocks and each runs the whole loop on a thread of its own (`row_threads`, X
 float32 uses a rational approximation of tanh (Eigen's, clamped at ±7.9053: at most a
 few units in the last place) in vectors; float64 uses `math.tanh`,
 so the float64 numbers equal the generic array-API code's to rounding. Same interface as
-`numpy_kernels`: `lstm_forward`, `lstm_backward`.
+`numpy_kernels`: `lstm_forward`, `lstm_backward`; and `lstm_backward_to_table` for `TableRows` inputs.
 """
 from __future__ import annotations
 
