@@ -135,5 +135,5 @@ def test_bad_dense_input(backend):
         dense(_on(backend, np.zeros((2, 5))))
     with pytest.raises(ValueError, match=r"kernel must have shape \[3, 4\], got \[4, 3\]"):
         xlstm.Dense(4, 3, kernel=np.zeros((4, 3)), backend=backend)
-    with pytest.raises(TypeError, match="cell must be an xlstm.LSTMCell or MultiRNNCell, got Dense"):
+    with pytest.raises(TypeError, match="cell must be an xlstm.LSTMCell, SLSTMCell, MLSTMCell or MultiRNNCell, got Dense"):
         xlstm.dynamic_rnn(dense, _on(backend, np.zeros((1, 1, 3))))

@@ -105,6 +105,6 @@ def test_stack_bad_input():
     with pytest.raises(TypeError, match="cells must be a non-empty list"):
         xlstm.MultiRNNCell([])
     stack = xlstm.MultiRNNCell([xlstm.LSTMCell(4, 3), xlstm.LSTMCell(2, 4)])
-    with pytest.raises(TypeError, match="initial_state must be a tuple of 2 LSTMState"):
+    with pytest.raises(TypeError, match="initial_state must be a tuple of 2 states"):
         xlstm.dynamic_rnn(stack, xlstm.asarray(np.zeros((1, 2, 3)), dtype="float32"),
                           initial_state=stack.cells[0].zero_state(1))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from xlstm.cell import LSTMCell, LSTMState
+from xlstm.cell import LSTMCell
+from xlstm.recurrent_cell import RecurrentCell
 from xlstm.checks import check_shape, device_of, namespace_of
 from xlstm.rnn import checked_lengths, dynamic_rnn, dynamic_rnn_vjp
 from xlstm.stack import MultiRNNCell
@@ -111,8 +112,9 @@ def bidirectional_dynamic_rnn_vjp(
 def _check_directions(cell_fw: Any, cell_bw: Any, inputs: Any) -> None:
     """Both directions must read the same inputs on the same backend and dtype."""
     for name, cell in (("cell_fw", cell_fw), ("cell_bw", cell_bw)):
-        if not isinstance(cell, (LSTMCell, MultiRNNCell)):
-            raise TypeError(f"{name} must be an xlstm.LSTMCell or MultiRNNCell, got {type(cell).__name__}")
+        if not isinstance(cell, (LSTMCell, RecurrentCell, MultiRNNCell)):
+            raise TypeError(f"{name} must be an xlstm.LSTMCell, SLSTMCell, MLSTMCell or MultiRNNCell, "
+                            f"got {type(cell).__name__}")
     if cell_fw.input_size != cell_bw.input_size:
         raise ValueError(f"cell_fw and cell_bw must have the same input_size, got {cell_fw.input_size} "
                          f"and {cell_bw.input_size}")
@@ -127,6 +129,6 @@ def pair(name: str, value: Any) -> Pair:
     """(fw, bw) from a pair (of outputs or of states) or from None (both None)."""
     if value is None:
         return None, None
-    if not isinstance(value, (tuple, list)) or len(value) != 2 or isinstance(value, LSTMState):
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or hasattr(value, "_fields"):
         raise TypeError(f"{name} must be a pair (forward, backward) or None, got {type(value).__name__}")
     return value[0], value[1]

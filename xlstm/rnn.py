@@ -8,6 +8,7 @@ from xlstm_backends import asarray, library_of
 from xlstm.cell import LSTMCell, LSTMState, lstm_step
 from xlstm.cell_grad import lstm_step_vjp
 from xlstm.checks import check_integer, check_no_booleans, check_range, check_shape, device_of, namespace_of
+from xlstm.recurrent_cell import RecurrentCell
 from xlstm.stack import MultiRNNCell
 from xlstm.table_rows import LookedUp, TableRows, look_up, table_gradient
 
@@ -46,6 +47,9 @@ def dynamic_rnn(
     if isinstance(cell, MultiRNNCell):
         outputs, final_state, _ = _stack_vjp(cell, inputs, initial_state, sequence_length, time_major, False)
         return outputs, final_state
+    if isinstance(cell, RecurrentCell):
+        outputs, final_state, _ = _self_unrolled(cell, inputs, initial_state, sequence_length, time_major, False)
+        return outputs, final_state
     run = _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_backward=False)
     return _batch_major(run.xp, run.outputs, time_major), run.final_state
 
@@ -69,6 +73,8 @@ def dynamic_rnn_vjp(
     """
     if isinstance(cell, MultiRNNCell):
         return _stack_vjp(cell, inputs, initial_state, sequence_length, time_major, True)
+    if isinstance(cell, RecurrentCell):
+        return _self_unrolled(cell, inputs, initial_state, sequence_length, time_major, True)
     run = _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_backward=True)
 
     def backward(d_outputs: Any = None, d_final_state: LSTMState | None = None) -> dict[str, Any]:
@@ -114,21 +120,48 @@ def chain_vjp(runs: list[Callable], inputs: Any, initial_states: list, prefix: s
     return inputs, tuple(finals), backward
 
 
+def _checked_inputs(cell: Any, inputs: Any, time_major: bool) -> tuple[Any, Any, LookedUp | None]:
+    """(xp, the inputs as a time-major [T, B, I] array, the lookup when they came as TableRows)."""
+    if isinstance(inputs, TableRows):  # rows of a table, read here: x = table[ids]
+        xp = namespace_of(inputs_table=inputs.table, **cell.parameters())
+        cell.check_inputs("inputs.table", inputs.table, xp)
+        looked_up = look_up(inputs, time_major)
+        return xp, looked_up.inputs, looked_up
+    xp = namespace_of(inputs=inputs, **cell.parameters())
+    cell.check_inputs("inputs", inputs, xp)
+    check_shape("inputs", inputs, (None, None, cell.input_size), "[T, B, I]" if time_major else "[B, T, I]")
+    return xp, inputs if time_major else xp.permute_dims(inputs, (1, 0, 2)), None
+
+
+def _self_unrolled(cell: RecurrentCell, inputs, initial_state, sequence_length, time_major, with_backward):
+    """A cell that runs its own time loop (`RecurrentCell.unroll`), with the same checks and layouts."""
+    xp, x, looked_up = _checked_inputs(cell, inputs, time_major)
+    steps, batch = x.shape[0], x.shape[1]
+    state = cell.zero_state(batch) if initial_state is None else cell.check_state("initial_state", initial_state,
+                                                                                  batch, xp)
+    namespace_of(inputs=x, **{f"initial_state_{part}": value for part, value in zip(state._fields, state)})
+    valid = _valid_steps(sequence_length, steps, batch, x, xp)
+    run = cell.unroll(x, state, valid, with_backward)
+    outputs = _batch_major(xp, run.outputs, time_major)
+    if not with_backward:
+        return outputs, run.final_state, None
+
+    def backward(d_outputs: Any = None, d_final_state: Any = None) -> dict[str, Any]:
+        d_out = _checked_cotangent("d_outputs", d_outputs, run, time_major)
+        d_final = None if d_final_state is None else cell.check_state("d_final_state", d_final_state, batch, xp)
+        grads = run.backward(d_out, d_final)
+        grads["inputs"] = _input_gradient(looked_up, xp, grads["inputs"], time_major)
+        return grads
+
+    return outputs, run.final_state, backward
+
+
 def _unroll(cell, inputs, initial_state, sequence_length, time_major, keep_for_backward) -> Unrolled:
     """Check the arguments, then run the time loop once (shared by forward and vjp)."""
     if not isinstance(cell, LSTMCell):
-        raise TypeError(f"cell must be an xlstm.LSTMCell or MultiRNNCell, got {type(cell).__name__}")
-    looked_up = None
-    if isinstance(inputs, TableRows):  # rows of a table, read here: x = table[ids]
-        xp = namespace_of(inputs_table=inputs.table, weights=cell.weights)
-        cell.check_inputs("inputs.table", inputs.table, xp)
-        looked_up = look_up(inputs, time_major)
-        x = looked_up.inputs
-    else:
-        xp = namespace_of(inputs=inputs, weights=cell.weights)
-        cell.check_inputs("inputs", inputs, xp)
-        check_shape("inputs", inputs, (None, None, cell.input_size), "[T, B, I]" if time_major else "[B, T, I]")
-        x = inputs if time_major else xp.permute_dims(inputs, (1, 0, 2))  # [T, B, I]
+        raise TypeError(f"cell must be an xlstm.LSTMCell, SLSTMCell, MLSTMCell or MultiRNNCell, "
+                        f"got {type(cell).__name__}")
+    xp, x, looked_up = _checked_inputs(cell, inputs, time_major)
     steps, batch = x.shape[0], x.shape[1]
     state = cell.zero_state(batch) if initial_state is None else cell.check_state("initial_state", initial_state, batch, xp)
     namespace_of(inputs=x, initial_state_c=state.c, initial_state_h=state.h)
@@ -191,7 +224,7 @@ def _backpropagate(cell: LSTMCell, run: Unrolled, d_outputs: Any, d_final_state:
         return {"weights": d_weights, "inputs": d_table, "initial_state": LSTMState(dc, dh)}
     if run.kernels is not None:
         d_weights, d_inputs, dc, dh, *d_norms = run.kernels.lstm_backward(run.kernel_cache, d_out, dc, dh)
-        result = {"weights": d_weights, "inputs": _input_gradient(run, d_inputs, time_major),
+        result = {"weights": d_weights, "inputs": _input_gradient(run.looked_up, run.xp, d_inputs, time_major),
                   "initial_state": LSTMState(dc, dh)}
         if cell.layer_norm:  # the layer-norm kernels also return the norms' gradients
             result["norm_gain"], result["norm_shift"] = d_norms
@@ -225,7 +258,7 @@ def _backpropagate(cell: LSTMCell, run: Unrolled, d_outputs: Any, d_final_state:
     d_weights = xp.concat([d_bias[:, None], d_a_t @ xp.reshape(x, (rows, cell.input_size)), d_a_t @ previous_h],
                           axis=1)
     d_inputs = xp.reshape(d_a @ input_weights, (steps, batch, cell.input_size))
-    result = {"weights": d_weights, "inputs": _input_gradient(run, d_inputs, time_major),
+    result = {"weights": d_weights, "inputs": _input_gradient(run.looked_up, run.xp, d_inputs, time_major),
               "initial_state": LSTMState(dc, dh)}
     if cell.layer_norm:
         no_steps = xp.zeros_like(cell.norm_gain)
@@ -234,7 +267,7 @@ def _backpropagate(cell: LSTMCell, run: Unrolled, d_outputs: Any, d_final_state:
     return result
 
 
-def _checked_cotangent(name: str, d_outputs: Any, run: Unrolled, time_major: bool) -> Any:
+def _checked_cotangent(name: str, d_outputs: Any, run: Unrolled | Any, time_major: bool) -> Any:
     """d_outputs as a time-major [T, B, H] array of the outputs' backend and dtype, or None."""
     if d_outputs is None:
         return None
@@ -247,12 +280,12 @@ def _checked_cotangent(name: str, d_outputs: Any, run: Unrolled, time_major: boo
     return d_outputs if time_major else xp.permute_dims(d_outputs, (1, 0, 2))
 
 
-def _input_gradient(run: Unrolled, d_inputs: Any, time_major: bool) -> Any:
+def _input_gradient(looked_up: LookedUp | None, xp: Any, d_inputs: Any, time_major: bool) -> Any:
     """The inputs' gradient from the time-major d_inputs [T, B, I]: shaped like the inputs, or the table's
     gradient when they were TableRows."""
-    if run.looked_up is not None:
-        return table_gradient(run.looked_up, d_inputs, library_of(d_inputs))
-    return _batch_major(run.xp, d_inputs, time_major)
+    if looked_up is not None:
+        return table_gradient(looked_up, d_inputs, library_of(d_inputs))
+    return _batch_major(xp, d_inputs, time_major)
 
 
 def _batch_major(xp: Any, time_major_array: Any, time_major: bool) -> Any:

@@ -1,7 +1,7 @@
 """Layers that read whole sequences, and `LSTM`, a stack of them (like `torch.nn.LSTM`).
 
 A sequence layer is one of
-- an `LSTMCell` or `MultiRNNCell`: reads each row forwards (`dynamic_rnn`);
+- a cell (`LSTMCell`, `SLSTMCell`, `MLSTMCell`) or `MultiRNNCell`: reads each row forwards (`dynamic_rnn`);
 - `Reversed(cell)`: reads each row's valid prefix backwards, outputs aligned to the
   input positions (ONNX's direction "reverse");
 - `Bidirectional(cell_fw, cell_bw)`: both, outputs concatenated on the last axis
@@ -16,17 +16,19 @@ from typing import Any, Callable
 from xlstm_backends import Backend
 from xlstm.bidirectional import bidirectional_dynamic_rnn, bidirectional_dynamic_rnn_vjp, pair, reverse_sequence
 from xlstm.cell import LSTMCell
+from xlstm.recurrent_cell import RecurrentCell
 from xlstm.checks import check_shape, namespace_of
 from xlstm.rnn import chain_vjp, dynamic_rnn, dynamic_rnn_vjp
 from xlstm.stack import MultiRNNCell
 
-Cell = LSTMCell | MultiRNNCell
+Cell = LSTMCell | RecurrentCell | MultiRNNCell
 Backward = Callable[..., dict[str, Any]]
 
 
 def _check_cell(name: str, cell: Any) -> Cell:
-    if not isinstance(cell, (LSTMCell, MultiRNNCell)):
-        raise TypeError(f"{name} must be an xlstm.LSTMCell or MultiRNNCell, got {type(cell).__name__}")
+    if not isinstance(cell, (LSTMCell, RecurrentCell, MultiRNNCell)):
+        raise TypeError(f"{name} must be an xlstm.LSTMCell, SLSTMCell, MLSTMCell or MultiRNNCell, "
+                        f"got {type(cell).__name__}")
     return cell
 
 
@@ -133,7 +135,7 @@ class Bidirectional:
         return f"Bidirectional({self.cell_fw!r}, {self.cell_bw!r})"
 
 
-Layer = LSTMCell | MultiRNNCell | Reversed | Bidirectional
+Layer = LSTMCell | RecurrentCell | MultiRNNCell | Reversed | Bidirectional
 
 
 class LSTM:
@@ -147,10 +149,10 @@ class LSTM:
     def __init__(self, layers: list[Layer]) -> None:
         layers = list(layers) if isinstance(layers, (list, tuple)) else layers
         if not isinstance(layers, list) or not layers:
-            raise TypeError("layers must be a non-empty list of LSTMCell, MultiRNNCell, Reversed or Bidirectional")
+            raise TypeError("layers must be a non-empty list of cells, MultiRNNCell, Reversed or Bidirectional")
         for k, layer in enumerate(layers):
-            if not isinstance(layer, (LSTMCell, MultiRNNCell, Reversed, Bidirectional)):
-                raise TypeError(f"layers[{k}] must be an LSTMCell, MultiRNNCell, Reversed or Bidirectional, "
+            if not isinstance(layer, (LSTMCell, RecurrentCell, MultiRNNCell, Reversed, Bidirectional)):
+                raise TypeError(f"layers[{k}] must be a cell, MultiRNNCell, Reversed or Bidirectional, "
                                 f"got {type(layer).__name__}")
         for k, (lower, upper) in enumerate(zip(layers, layers[1:])):
             if upper.input_size != lower.output_size:
@@ -171,7 +173,7 @@ class LSTM:
         """inputs [B, T, I] → (top layer's outputs [B, T, output_size], final states per layer)."""
         finals = []
         for layer, state in zip(self.layers, self._initial_states(initial_state)):
-            if isinstance(layer, (LSTMCell, MultiRNNCell)):
+            if isinstance(layer, (LSTMCell, RecurrentCell, MultiRNNCell)):
                 inputs, final = dynamic_rnn(layer, inputs, state, sequence_length, time_major)
             else:
                 inputs, final = layer(inputs, state, sequence_length, time_major)
@@ -183,7 +185,7 @@ class LSTM:
         """The call plus `backward(d_outputs, d_final_state)` → gradients keyed "layer_K/NAME",
         "inputs" and "initial_state" (a tuple per layer)."""
         def run(layer: Layer) -> Callable:
-            if isinstance(layer, (LSTMCell, MultiRNNCell)):
+            if isinstance(layer, (LSTMCell, RecurrentCell, MultiRNNCell)):
                 return lambda x, state: dynamic_rnn_vjp(layer, x, state, sequence_length, time_major)
             return lambda x, state: layer.vjp(x, state, sequence_length, time_major)
 

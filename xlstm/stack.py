@@ -1,19 +1,22 @@
-"""`MultiRNNCell`: LSTM cells stacked so that layer k's output is layer k+1's input."""
+"""`MultiRNNCell`: cells stacked so that layer k's output is layer k+1's input (LSTM, sLSTM and mLSTM
+cells mix freely)."""
 from __future__ import annotations
 
 from typing import Any
 
 from xlstm_backends import Backend
-from xlstm.cell import LSTMCell, LSTMState
+from xlstm.cell import LSTMCell
+from xlstm.recurrent_cell import RecurrentCell
 
 
 class MultiRNNCell:
-    """A stack of `LSTMCell`s (TensorFlow's semantics); its state is a tuple, bottom first."""
+    """A stack of cells (TensorFlow's semantics); its state is a tuple, bottom first."""
 
-    def __init__(self, cells: list[LSTMCell]) -> None:
+    def __init__(self, cells: list[LSTMCell | RecurrentCell]) -> None:
         cells = list(cells) if isinstance(cells, (list, tuple)) else cells
-        if not isinstance(cells, list) or not cells or not all(isinstance(c, LSTMCell) for c in cells):
-            raise TypeError("cells must be a non-empty list of xlstm.LSTMCell")
+        if not isinstance(cells, list) or not cells or not all(isinstance(c, (LSTMCell, RecurrentCell))
+                                                               for c in cells):
+            raise TypeError("cells must be a non-empty list of xlstm.LSTMCell, SLSTMCell or MLSTMCell")
         for k, (lower, upper) in enumerate(zip(cells, cells[1:])):
             if upper.input_size != lower.num_units:
                 raise ValueError(f"cells[{k + 1}].input_size must equal cells[{k}].num_units {lower.num_units} "
@@ -42,21 +45,22 @@ class MultiRNNCell:
         return self.cells[0].dtype
 
     @property
-    def state_size(self) -> tuple[LSTMState, ...]:
+    def state_size(self) -> tuple:
         return tuple(cell.state_size for cell in self.cells)
 
-    def zero_state(self, batch_size: int) -> tuple[LSTMState, ...]:
-        """One all-zero LSTMState per layer, bottom first."""
+    def zero_state(self, batch_size: int) -> tuple:
+        """One all-zero state per layer, bottom first."""
         return tuple(cell.zero_state(batch_size) for cell in self.cells)
 
     def check_state(self, name: str, state: Any) -> tuple:
         """`state` must be a tuple holding one state per layer."""
-        if not isinstance(state, (tuple, list)) or len(state) != len(self.cells) or isinstance(state, LSTMState):
-            raise TypeError(f"{name} must be a tuple of {len(self.cells)} LSTMState (one per layer, bottom first), "
+        one_layers_state = hasattr(state, "_fields")  # an LSTMState, SLSTMState, ...: a NamedTuple
+        if not isinstance(state, (tuple, list)) or len(state) != len(self.cells) or one_layers_state:
+            raise TypeError(f"{name} must be a tuple of {len(self.cells)} states (one per layer, bottom first), "
                             f"got {type(state).__name__}")
         return tuple(state)
 
-    def __call__(self, x: Any, state: tuple | None = None) -> tuple[Any, tuple[LSTMState, ...]]:
+    def __call__(self, x: Any, state: tuple | None = None) -> tuple[Any, tuple]:
         """One step through every layer: (top layer's h, new states bottom first)."""
         states = [None] * len(self.cells) if state is None else self.check_state("state", state)
         new_states = []
