@@ -72,8 +72,9 @@ _TRAIN_HELP = {
     "batch_size": "rows of text trained on in parallel (under mpiexec: in all, split evenly among the ranks)",
     "window": "tokens per row per step (the truncated-BPTT length)",
     "embedding_size": "size of each token's embedding vector",
-    "hidden_size": "LSTM units per layer",
-    "num_layers": "stacked LSTM layers",
+    "hidden_size": "units per layer",
+    "num_layers": "stacked layers",
+    "num_heads": "heads of each sLSTM and mLSTM layer (must divide --hidden-size)",
     "eval_every": "evaluate on the validation text every this many steps (and after the last)",
     "checkpoint_every": "save a checkpoint every this many steps (and after the last)",
     "seed": "seed of the initial weights, dropout masks and the sample",
@@ -126,8 +127,8 @@ def _add_train_parser(commands: Any) -> None:
     train.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     train.add_argument("--backend", default=None, help="numpy (default), cupy, torch or array_api_strict")
     train.add_argument("--device", default=None, help="device of that backend (default: its first)")
-    integers = ("steps", "batch_size", "window", "embedding_size", "hidden_size", "num_layers", "eval_every",
-                "checkpoint_every", "seed")
+    integers = ("steps", "batch_size", "window", "embedding_size", "hidden_size", "num_layers", "num_heads",
+                "eval_every", "checkpoint_every", "seed")
     for name in integers:
         train.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
                            help=_TRAIN_HELP[name])
@@ -137,6 +138,9 @@ def _add_train_parser(commands: Any) -> None:
     train.add_argument("--eval-tokens", type=_eval_tokens, default=defaults.eval_tokens,
                        help="evaluate the first N tokens of the validation text (contiguous, state carried "
                             "across windows), or 'all'")
+    train.add_argument("--cell", default=defaults.cell,
+                       help="the layers' cells: lstm, slstm or mlstm, or one per layer separated by commas, "
+                            "bottom first (e.g. mlstm,slstm with --num-layers 2)")
     train.add_argument("--layer-norm", action="store_true", help="layer-normalised LSTM cells")
     train.add_argument("--level", choices=("char", "word"), default=defaults.level,
                        help="tokens: characters, or whitespace-separated words")

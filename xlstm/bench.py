@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import xlstm
-from xlstm import bench_charlm
+from xlstm import bench_charlm, bench_xlstm
 from xlstm_backends import get_backend, torch_reference
 from xlstm_backends.row_threads import THREADS_VARIABLE
 from xlstm_backends.storage import write_atomically
@@ -38,7 +38,8 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
 }
 DEFAULT_SHAPES = "tiny,medium,large"
 TASKS = {"layer": "the LSTM layer alone at every --shapes shape, against torch.nn.LSTM",
-         "charlm": "the main job: one training step of the default `train` model, against the same model in PyTorch"}
+         "charlm": "the main job: one training step of the default `train` model, against the same model in PyTorch",
+         "xlstm": "the sLSTM and mLSTM cells at the default `train` layer's shape, against NX-AI's PyTorch code"}
 DEFAULT_TASKS = "layer,charlm"
 MATMUL_SIZE = 1024
 MIN_SECONDS = 0.5  # the adaptive rule: timed runs of each case add up to at least this
@@ -272,6 +273,11 @@ def run_benchmark(
                                                            isolated, device)
             emit("")
             for line in bench_charlm.format_charlm(results["charlm"]):
+                emit(line)
+        if "xlstm" in tasks:
+            results["xlstm"] = bench_xlstm.measure_cells(bench_backend, runs, repeats, min_seconds)
+            emit("")
+            for line in bench_xlstm.format_cells(results["xlstm"]):
                 emit(line)
     finally:
         if previous_threads is not None:

@@ -10,7 +10,6 @@ from typing import Any
 
 from xlstm_backends import Backend, asarray, dtype_name, get_backend, to_numpy
 from xlstm_backends.storage import StorageError, read_arrays, write_arrays
-from xlstm.cell import LSTMState
 from xlstm.data import Vocabulary
 from xlstm.models import CharLM
 
@@ -32,7 +31,7 @@ class Checkpoint:
     training: dict[str, Any]  # the run's configuration (flags)
     step: int  # optimiser steps taken
     optimizer_state: dict[str, Any] | None
-    carried_state: tuple[LSTMState, ...] | None  # the LSTM state entering the next window
+    carried_state: tuple | None  # the state entering the next window, one per layer
     history: list[dict[str, Any]]
 
 
@@ -53,8 +52,8 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
             arrays.update({f"optimizer/{name}/{buffer}": to_numpy(value) for buffer, value in buffers.items()})
         optimizer_header = {key: state[key] for key in ("optimizer", "hyperparameters", "step")}
     if checkpoint.carried_state is not None:
-        for k, layer in enumerate(checkpoint.carried_state):
-            arrays[f"carried/{k}/c"], arrays[f"carried/{k}/h"] = to_numpy(layer.c), to_numpy(layer.h)
+        for k, layer in enumerate(checkpoint.carried_state):  # one state per layer: its fields by name
+            arrays.update({f"carried/{k}/{field}": to_numpy(value) for field, value in zip(layer._fields, layer)})
     header = {
         "format": FORMAT, "version": VERSION,
         "model": {**model.config(), "dtype": dtype_name(model.dtype)},
@@ -100,10 +99,10 @@ def _rebuild(header: dict, arrays: dict, backend: Backend) -> Checkpoint:
                 buffers.setdefault(name, {})[buffer] = asarray(value, backend=backend)
         optimizer_state = {**header["optimizer"], "state": buffers}
     carried = None
-    if "carried/0/c" in arrays:
-        carried = tuple(LSTMState(asarray(arrays[f"carried/{k}/c"], backend=backend),
-                                  asarray(arrays[f"carried/{k}/h"], backend=backend))
-                        for k in range(model.num_layers))
+    if any(key.startswith("carried/") for key in arrays):
+        zero_states = model.zero_state(1)  # each layer's state type
+        carried = tuple(type(zero)(*(asarray(arrays[f"carried/{k}/{field}"], backend=backend) for field in zero._fields))
+                        for k, zero in enumerate(zero_states))
     return Checkpoint(model, Vocabulary.from_dict(header["vocabulary"]), header["training"], int(header["step"]),
                       optimizer_state, carried, list(header["history"]))
 

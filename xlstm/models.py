@@ -1,6 +1,6 @@
 """`CharLM`: a character (or word) language model, the article's promised next step.
 
-    ids [B, T] → embedding lookup [B, T, E] → stacked LSTM [B, T, H] → Dense [B, T, V]
+    ids [B, T] → embedding lookup [B, T, E] → stacked cells [B, T, H] → Dense [B, T, V]
     → softmax cross-entropy against the next token at every step.
 
 Training uses truncated backpropagation through time: the final state of one window is
@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from xlstm_backends import Backend, asarray, get_backend
 from xlstm import init
-from xlstm.cell import LSTMCell, LSTMState
+from xlstm.cell_kinds import layer_kinds, make_cell
 from xlstm.checks import check_integer, check_positive_int, check_range, check_shape, namespace_of
 from xlstm.dense import Dense
 from xlstm.losses import softmax_cross_entropy, softmax_cross_entropy_vjp
@@ -28,11 +28,12 @@ LOGIT_BLOCK_ELEMENTS = 1 << 22  # logits (4 Mi, 16 MiB in float32) computed at a
 class LossAndGrads(NamedTuple):
     loss: Any  # mean cross-entropy in nats, a 0-d array
     grads: dict[str, Any]  # keyed like CharLM.parameters()
-    state: tuple[LSTMState, ...]  # final state, to carry into the next window
+    state: tuple  # final state (one per layer), to carry into the next window
 
 
 class CharLM:
-    """Embedding → MultiRNNCell of LSTMCells → Dense, trained on next-token prediction."""
+    """Embedding → MultiRNNCell (LSTM, sLSTM or mLSTM cells, see `cell`) → Dense, trained on next-token
+    prediction."""
 
     def __init__(
         self,
@@ -44,6 +45,8 @@ class CharLM:
         layer_norm: bool = False,
         dropout_keep_prob: float = 1.0,
         forget_bias: float = 1.0,
+        cell: str = "lstm",
+        num_heads: int = 4,
         dtype: Any = None,
         seed: int | None = None,
         backend: str | Backend | None = None,
@@ -55,6 +58,8 @@ class CharLM:
         self.num_layers = check_positive_int("num_layers", num_layers)
         self.layer_norm, self.dropout_keep_prob, self.forget_bias, self.seed = (
             bool(layer_norm), dropout_keep_prob, forget_bias, seed)
+        self.cell, self.num_heads = cell, check_positive_int("num_heads", num_heads)
+        kinds = layer_kinds(cell, self.num_layers)
         self.backend = get_backend(backend, device)
         self.dtype = self.backend.resolve_dtype(dtype)
         layer_seed = (lambda k: None if seed is None else seed + k)  # noqa: E731
@@ -62,9 +67,10 @@ class CharLM:
                                                  self.backend.random(seed, stream=2))
         sizes = [embedding_size] + [hidden_size] * num_layers
         self.stack = MultiRNNCell([
-            LSTMCell(hidden_size, sizes[k], layer_norm=layer_norm, dropout_keep_prob=dropout_keep_prob,
-                     forget_bias=forget_bias, dtype=self.dtype, seed=layer_seed(k + 1), backend=self.backend)
-            for k in range(num_layers)])
+            make_cell(kind, hidden_size, sizes[k], num_heads=self.num_heads, layer_norm=self.layer_norm,
+                      dropout_keep_prob=dropout_keep_prob, forget_bias=forget_bias, dtype=self.dtype,
+                      seed=layer_seed(k + 1), backend=self.backend)
+            for k, kind in enumerate(kinds)])
         self.dense = Dense(vocab_size, hidden_size, dtype=self.dtype, seed=layer_seed(num_layers + 1),
                            backend=self.backend)
 
@@ -87,7 +93,8 @@ class CharLM:
         """The constructor's settings (without arrays), to rebuild or save the model."""
         return {"vocab_size": self.vocab_size, "embedding_size": self.embedding_size,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers, "layer_norm": self.layer_norm,
-                "dropout_keep_prob": self.dropout_keep_prob, "forget_bias": self.forget_bias, "seed": self.seed}
+                "dropout_keep_prob": self.dropout_keep_prob, "forget_bias": self.forget_bias,
+                "cell": self.cell, "num_heads": self.num_heads, "seed": self.seed}
 
     def parameters(self) -> dict[str, Any]:
         """Every trainable array: "embedding", "cell_K/...", "dense/kernel", "dense/bias"."""
@@ -123,7 +130,7 @@ class CharLM:
                 layer, attribute = name.split("/")
                 setattr(self.stack.cells[int(layer.removeprefix("cell_"))], attribute, value)
 
-    def zero_state(self, batch_size: int) -> tuple[LSTMState, ...]:
+    def zero_state(self, batch_size: int) -> tuple:
         return self.stack.zero_state(batch_size)
 
     def _embed(self, ids: Any, time_major: bool = False) -> Any:
@@ -195,7 +202,7 @@ class CharLM:
         grads = dense_backward(loss_backward(share))
         return block_loss * share, grads["inputs"], grads["kernel"], grads["bias"]
 
-    def loss(self, inputs: Any, targets: Any, state: tuple | None = None) -> tuple[Any, tuple[LSTMState, ...]]:
+    def loss(self, inputs: Any, targets: Any, state: tuple | None = None) -> tuple[Any, tuple]:
         """Mean next-token cross-entropy (no gradients) and the final state, for evaluation."""
         xp = namespace_of(inputs=inputs, targets=targets, embedding=self.embedding)
         self._check_targets(targets, inputs, xp)

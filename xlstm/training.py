@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from xlstm_backends import Backend, Communicator, SingleProcess, device_for_rank, get_backend, to_numpy
 from xlstm import metrics, optim
+from xlstm.cell_kinds import describe, layer_kinds
 from xlstm.checkpoint import FILE_NAME, Checkpoint, load_checkpoint, save_checkpoint
 from xlstm.corpus import Corpus
 from xlstm.data import BatchStream, Vocabulary, split_train_validation
@@ -31,7 +32,8 @@ from xlstm.parallel import (
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LOSS_SLOT = "loss"  # the loss travels in the gradients' allreduce buffer under this name
-MODEL_FLAGS = ("level", "embedding_size", "hidden_size", "num_layers", "layer_norm", "dropout_keep_prob", "dtype")
+MODEL_FLAGS = ("level", "embedding_size", "hidden_size", "num_layers", "layer_norm", "dropout_keep_prob", "dtype",
+               "cell", "num_heads")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class TrainConfig:
     embedding_size: int = 32
     hidden_size: int = 192
     num_layers: int = 1
+    cell: str = "lstm"  # lstm, slstm or mlstm; or one per layer, bottom first: "mlstm,slstm"
+    num_heads: int = 4  # heads of the sLSTM and mLSTM cells
     layer_norm: bool = False
     dropout_keep_prob: float = 1.0
     dtype: str = "float32"
@@ -59,7 +63,7 @@ class TrainConfig:
 
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "window", "embedding_size", "hidden_size", "num_layers",
+        for name in ("steps", "batch_size", "window", "embedding_size", "hidden_size", "num_layers", "num_heads",
                      "eval_every", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -71,6 +75,13 @@ class TrainConfig:
                 or self.eval_tokens < self.window + 1):
             raise ValueError(f"eval_tokens (--eval-tokens) must be None ('all') or an integer of at least "
                              f"window + 1 = {self.window + 1}, got {self.eval_tokens!r}")
+        if set(layer_kinds(self.cell, self.num_layers)) != {"lstm"}:
+            if self.layer_norm or self.dropout_keep_prob != 1.0:
+                raise ValueError("--layer-norm and --dropout-keep-prob apply to lstm cells only, "
+                                 f"and --cell is {self.cell!r}")
+            if self.hidden_size % self.num_heads:
+                raise ValueError(f"--num-heads {self.num_heads} must divide --hidden-size {self.hidden_size} "
+                                 f"(each head holds hidden_size / num_heads units)")
         if not self.learning_rate > 0 or not self.clip_norm > 0:
             raise ValueError("learning_rate and clip_norm must be positive, "
                              f"got {self.learning_rate!r} and {self.clip_norm!r}")
@@ -179,7 +190,8 @@ def train(
         write(f"resuming {out_dir / FILE_NAME} at step {checkpoint.step}")
     else:
         model = CharLM(len(vocabulary), embedding_size=config.embedding_size, hidden_size=config.hidden_size,
-                       num_layers=config.num_layers, layer_norm=config.layer_norm, seed=config.seed,
+                       num_layers=config.num_layers, cell=config.cell, num_heads=config.num_heads,
+                       layer_norm=config.layer_norm, seed=config.seed,
                        dropout_keep_prob=config.dropout_keep_prob, dtype=config.dtype, backend=target)
         checkpoint = Checkpoint(model, vocabulary, asdict(config), 0, None, None, [])
     model = checkpoint.model
@@ -190,7 +202,8 @@ def train(
     head = f" (evaluating the first {len(evaluated_ids):,})" if len(evaluated_ids) < len(validation_ids) else ""
     write(f"corpus: {len(train_ids):,} training and {len(validation_ids):,} validation {config.level}s{head}, "
           f"vocabulary {len(vocabulary)}, unigram entropy {entropy:.3f} bits per {config.level}")
-    write(f"model: {config.num_layers}×LSTM({config.hidden_size}), embedding {config.embedding_size}, "
+    write(f"model: {describe(layer_kinds(config.cell, config.num_layers), config.hidden_size)}, "
+          f"embedding {config.embedding_size}, "
           f"{sum(math.prod(p.shape) for p in model.parameters().values()):,} parameters, on {target.name}")
 
     def save(step: int) -> None:
@@ -300,9 +313,10 @@ class _NoLog:
 def _check_same_run(checkpoint: Checkpoint, config: TrainConfig, vocabulary: Vocabulary) -> None:
     """A resume must use the model flags and text of the run it continues."""
     saved = checkpoint.training
-    different = [f"--{name.replace('_', '-')} {saved.get(name)!r} → {getattr(config, name)!r}"
+    defaults = TrainConfig()  # what a checkpoint from before a flag existed ran with
+    different = [f"--{name.replace('_', '-')} {saved.get(name, getattr(defaults, name))!r} → {getattr(config, name)!r}"
                  for name in MODEL_FLAGS + ("batch_size", "window", "seed", "optimizer")
-                 if saved.get(name) != getattr(config, name)]
+                 if saved.get(name, getattr(defaults, name)) != getattr(config, name)]
     if different:
         raise ValueError("--resume with different flags than the checkpoint's run: " + "; ".join(different))
     if checkpoint.vocabulary != vocabulary:
