@@ -122,3 +122,162 @@ def test_nonzero_state_equals_chunkwise_simple(chunk_size):
     np.testing.assert_allclose(xlstm.to_numpy(h), ref_h.numpy().transpose(2, 0, 1, 3), rtol=0, atol=1e-10)
     for ours, theirs in zip(final, (C / math.sqrt(DH), n / math.sqrt(DH), m.reshape(B, NH))):
         np.testing.assert_allclose(xlstm.to_numpy(ours), theirs.numpy(), rtol=0, atol=1e-10)
+
+
+# ---------------------------------------------------------------- the cell on every backend
+
+# (form, output gate, sequence lengths, time-major, initial state: "random" or None (zero, fresh))
+CELL_CASES = {
+    "recurrent": ("recurrent", True, None, False, "random"),
+    "parallel": ("parallel", True, None, False, "random"),
+    "recurrent-lengths-time-major": ("recurrent", True, [4, 0, 2], True, "random"),
+    "parallel-lengths-time-major": ("parallel", True, [4, 0, 2], True, "random"),
+    "parallel-zero-state-lengths": ("parallel", False, [1, 4, 0], False, None),
+    "recurrent-zero-state": ("recurrent", False, None, True, None),
+}
+B, T, I, H, NH = 3, 4, 3, 4, 2
+
+
+def cell_arrays(rng: np.random.Generator, output_gate: bool, time_major: bool) -> dict[str, np.ndarray]:
+    rows = 3 * H + 2 * NH + (H if output_gate else 0)
+    return {"weights": rng.normal(scale=0.7, size=(rows, 1 + I)),
+            "inputs": rng.normal(size=(T, B, I) if time_major else (B, T, I)),
+            **dict(zip(("C", "n", "m"), random_state(rng, B, NH, H // NH)))}
+
+
+def run_cell(backend, arrays: dict, form: str, output_gate: bool, lengths, time_major: bool, with_state: bool,
+             vjp: bool = False):
+    on = lambda a: xlstm.asarray(a, backend=backend)  # noqa: E731
+    cell = xlstm.MLSTMCell(H, I, num_heads=NH, output_gate=output_gate, form=form, weights=arrays["weights"],
+                           dtype="float64", backend=backend)
+    state = xlstm.MLSTMState(on(arrays["C"]), on(arrays["n"]), on(arrays["m"])) if with_state else None
+    call = xlstm.dynamic_rnn_vjp if vjp else xlstm.dynamic_rnn
+    return call(cell, on(arrays["inputs"]), state, sequence_length=lengths, time_major=time_major)
+
+
+@pytest.mark.parametrize("case", list(CELL_CASES))
+def test_cell_gradients_match_finite_differences(backend, case):
+    form, output_gate, lengths, time_major, initial = CELL_CASES[case]
+    rng = np.random.default_rng(len(case))
+    arrays = cell_arrays(rng, output_gate, time_major)
+    with_state = initial is not None
+    if not with_state:  # the zero state's gradient, where the state stays fresh (n = 0) under the perturbation
+        arrays.update(C=np.zeros_like(arrays["C"]), n=np.zeros_like(arrays["n"]), m=np.zeros_like(arrays["m"]))
+    r_out = rng.normal(size=(T, B, H) if time_major else (B, T, H))
+    r_state = random_state(rng, B, NH, H // NH)
+    settings = (form, output_gate, lengths, time_major, True)
+
+    def loss(name):
+        def of(array):
+            outputs, final = run_cell(backend, {**arrays, name: array}, *settings)
+            return float(np.sum(xlstm.to_numpy(outputs) * r_out)
+                         + sum(np.sum(xlstm.to_numpy(part) * r) for part, r in zip(final, r_state)))
+        return of
+
+    _, _, backward = run_cell(backend, arrays, *settings, vjp=True)
+    grads = backward(xlstm.asarray(r_out, backend=backend),
+                     xlstm.MLSTMState(*(xlstm.asarray(r, backend=backend) for r in r_state)))
+    assert set(grads) == {"weights", "inputs", "initial_state"}
+    analytic = {"weights": grads["weights"], "inputs": grads["inputs"], **grads["initial_state"]._asdict()}
+    for name in ("weights", "inputs", "C", "m") + (("n",) if with_state else ()):
+        assert tuple(analytic[name].shape) == arrays[name].shape
+        assert_gradient_close(analytic[name], numeric_gradient(loss(name), arrays[name], samples=24), name)
+
+
+@pytest.mark.parametrize("case", list(CELL_CASES))
+def test_forms_agree_in_outputs_states_and_gradients(backend, case):
+    _, output_gate, lengths, time_major, initial = CELL_CASES[case]
+    rng = np.random.default_rng(3)
+    arrays = cell_arrays(rng, output_gate, time_major)
+    r_out = xlstm.asarray(rng.normal(size=(T, B, H) if time_major else (B, T, H)), backend=backend)
+    r_state = xlstm.MLSTMState(*(xlstm.asarray(r, backend=backend) for r in random_state(rng, B, NH, H // NH)))
+    results = {}
+    for form in FORMS:
+        outputs, final, backward = run_cell(backend, arrays, form, output_gate, lengths, time_major,
+                                            initial is not None, vjp=True)
+        grads = backward(r_out, r_state)
+        results[form] = [outputs, *final, grads["weights"], grads["inputs"], *grads["initial_state"]]
+    for ours, theirs in zip(results["recurrent"], results["parallel"]):
+        np.testing.assert_allclose(xlstm.to_numpy(ours), xlstm.to_numpy(theirs), rtol=0, atol=1e-12)
+
+
+def test_long_window_of_large_gates_stays_finite_and_forms_agree():
+    """The stabiliser at work: gate pre-activations of ±60 over 40 steps would overflow exp() unstabilised."""
+    rng = np.random.default_rng(5)
+    arrays = core_arrays(rng, 40, 2, 2, 3)
+    arrays["i"] *= 30.0
+    results = [run_core(form, arrays, zero_state(2, 2, 3)) for form in FORMS]
+    for ours, theirs in zip(*(([h, *final]) for h, final, _ in results)):
+        assert np.all(np.isfinite(xlstm.to_numpy(ours)))
+        np.testing.assert_allclose(xlstm.to_numpy(ours), xlstm.to_numpy(theirs), rtol=1e-12, atol=1e-12)
+
+
+def test_step_by_step_equals_unrolled_and_forms_are_chosen_by_length(backend):
+    rng = np.random.default_rng(2)
+    cell = xlstm.MLSTMCell(H, I, num_heads=NH, seed=1, dtype="float64", backend=backend)
+    x = xlstm.asarray(rng.normal(size=(B, T, I)), backend=backend)
+    outputs, final = xlstm.dynamic_rnn(cell, x)
+    state = None
+    for t in range(T):
+        h, state = cell(x[:, t, :], state)
+        np.testing.assert_allclose(xlstm.to_numpy(h), xlstm.to_numpy(outputs[:, t, :]), rtol=0, atol=1e-12)
+    for ours, theirs in zip(state, final):
+        np.testing.assert_allclose(xlstm.to_numpy(ours), xlstm.to_numpy(theirs), rtol=0, atol=1e-12)
+    assert cell.uses_parallel_form(T) and not cell.uses_parallel_form(0)
+    assert not xlstm.MLSTMCell(H, I, form="recurrent").uses_parallel_form(T)
+
+
+def test_stack_of_mlstm_and_lstm_cells_matches_finite_differences(backend):
+    rng = np.random.default_rng(4)
+    w_m, w_l = rng.normal(scale=0.7, size=(3 * H + 2 * NH + H, 1 + I)), rng.normal(size=(4 * 5, 1 + H + 5))
+    x, r = rng.normal(size=(B, T, I)), rng.normal(size=(B, T, 5))
+
+    def outputs_of(wm, wl, inputs, vjp=False):
+        stack = xlstm.MultiRNNCell([xlstm.MLSTMCell(H, I, num_heads=NH, weights=wm, dtype="float64", backend=backend),
+                                    xlstm.LSTMCell(5, H, weights=wl, dtype="float64", backend=backend)])
+        call = xlstm.dynamic_rnn_vjp if vjp else xlstm.dynamic_rnn
+        return call(stack, xlstm.asarray(inputs, backend=backend), sequence_length=[4, 2, 3])
+
+    _, _, backward = outputs_of(w_m, w_l, x, vjp=True)
+    grads = backward(xlstm.asarray(r, backend=backend), None)
+    losses = {"mlstm": lambda a: outputs_of(a, w_l, x), "lstm": lambda a: outputs_of(w_m, a, x),
+              "inputs": lambda a: outputs_of(w_m, w_l, a)}
+    for name, value, analytic in (("mlstm", w_m, grads["cell_0/weights"]), ("lstm", w_l, grads["cell_1/weights"]),
+                                  ("inputs", x, grads["inputs"])):
+        numeric = numeric_gradient(lambda a: float(np.sum(xlstm.to_numpy(losses[name](a)[0]) * r)), value, samples=24)
+        assert_gradient_close(analytic, numeric, name)
+
+
+def test_save_load_and_to_keep_the_cell(backend, tmp_path):
+    cell = xlstm.MLSTMCell(H, I, num_heads=NH, output_gate=False, eps=1e-5, form="parallel", seed=3,
+                           dtype="float64", backend=backend)
+    x = xlstm.asarray(np.random.default_rng(0).normal(size=(B, T, I)), backend=backend)
+    expected = xlstm.to_numpy(xlstm.dynamic_rnn(cell, x)[0])
+    xlstm.save(cell, tmp_path / "cell.npz")
+    loaded = xlstm.load(tmp_path / "cell.npz", backend=backend)
+    moved = cell.to("numpy")
+    assert loaded.config() == moved.config() == cell.config()
+    np.testing.assert_array_equal(xlstm.to_numpy(xlstm.dynamic_rnn(loaded, x)[0]), expected)
+    np.testing.assert_allclose(xlstm.to_numpy(xlstm.dynamic_rnn(moved, xlstm.to_numpy(x))[0]), expected,
+                               rtol=0, atol=1e-12)
+
+
+def test_bad_input_is_refused_by_name():
+    cases = {
+        "num_heads must divide num_units 6": dict(num_units=6, input_size=2, num_heads=4),
+        "num_heads must be a positive": dict(num_units=6, input_size=2, num_heads=0),
+        "output_gate must be": dict(num_units=6, input_size=2, output_gate="yes"),
+        "eps must be a positive finite number": dict(num_units=6, input_size=2, eps=-1.0),
+        "form must be one of": dict(num_units=6, input_size=2, form="chunkwise"),
+        r"weights must .*\[3H \+ 2NH \+ H, 1 \+ I\]": dict(num_units=6, input_size=2, weights=np.zeros((5, 3))),
+        "input_size must be a positive": dict(num_units=6, input_size=0),
+    }
+    for message, arguments in cases.items():
+        with pytest.raises((TypeError, ValueError), match=message):
+            xlstm.MLSTMCell(**arguments)
+    cell = xlstm.MLSTMCell(4, 2, num_heads=2, dtype="float64")
+    with pytest.raises(ValueError, match=r"initial_state.C must have shape"):
+        xlstm.dynamic_rnn(cell, np.zeros((1, 3, 2)), xlstm.MLSTMState(np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 2)),
+                                                                     np.zeros((1, 2))))
+    with pytest.raises(TypeError, match="initial_state must be a MLSTMState"):
+        xlstm.dynamic_rnn(cell, np.zeros((1, 3, 2)), (np.zeros((1, 2, 2, 2)),))
