@@ -10,7 +10,7 @@ import xlstm
 from test_gradients import assert_gradient_close, numeric_gradient
 from xlstm.mlstm_parallel import parallel_form
 from xlstm.mlstm_recurrent import MLSTMState, recurrent_form
-from xlstm_backends import nxai_reference
+from xlstm_backends import dtype_name, nxai_reference
 
 FORMS = {"recurrent": recurrent_form, "parallel": parallel_form}
 needs_reference = pytest.mark.skipif(nxai_reference.unavailable_reason() is not None,
@@ -281,3 +281,39 @@ def test_bad_input_is_refused_by_name():
                                                                      np.zeros((1, 2))))
     with pytest.raises(TypeError, match="initial_state must be a MLSTMState"):
         xlstm.dynamic_rnn(cell, np.zeros((1, 3, 2)), (np.zeros((1, 2, 2, 2)),))
+
+
+# ---------------------------------------------------------------- weights from the reference
+
+
+@needs_reference
+@pytest.mark.parametrize("bias", [True, False])
+def test_convert_from_reference_modules_computes_their_h_tilde(bias):
+    torch = pytest.importorskip("torch")
+    cell_module = nxai_reference.reference_module("blocks.mlstm.cell")
+    headwise = nxai_reference.reference_module("components.linear_headwise")
+    B, S, units, heads, proj_heads = 2, 6, 8, 2, 4
+    torch.manual_seed(0)
+    config = headwise.LinearHeadwiseExpandConfig(in_features=units, num_heads=proj_heads, bias=bias)
+    projections = [headwise.LinearHeadwiseExpand(config).double() for _ in range(3)]
+    cell = cell_module.mLSTMCell(cell_module.mLSTMCellConfig(context_length=S, embedding_dim=units,
+                                                             num_heads=heads)).double()
+    with torch.no_grad():
+        for parameter in [*cell.igate.parameters(), *cell.fgate.parameters()] + [p.bias for p in projections if bias]:
+            parameter.normal_()
+    captured = []
+    cell.outnorm.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    x = torch.randn(B, S, units, dtype=torch.float64)
+    with torch.no_grad():
+        cell(*(projection(x) for projection in projections))
+    expected = captured[0].transpose(1, 2).reshape(B, S, units).numpy()  # their h̃ [B, NH, S, DH] → [B, S, H]
+    ours = xlstm.convert.from_nxai_mlstm(*projections, cell)
+    assert (ours.output_gate, ours.num_heads, dtype_name(ours.dtype)) == (False, heads, "float64")
+    np.testing.assert_allclose(xlstm.to_numpy(xlstm.dynamic_rnn(ours, x.numpy())[0]), expected, rtol=0, atol=1e-10)
+    from_state_dicts = xlstm.convert.from_nxai_mlstm(*(p.state_dict() for p in projections), cell.state_dict(),
+                                                     backend="array_api_strict")
+    np.testing.assert_allclose(xlstm.to_numpy(from_state_dicts.weights), xlstm.to_numpy(ours.weights), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cell must be NX-AI's mLSTMCell or its state dict with 'igate.weight'"):
+        xlstm.convert.from_nxai_mlstm(*projections, {})
+    with pytest.raises(ValueError, match=r"q_proj.weight must be \[heads, out/heads, in/heads\]"):
+        xlstm.convert.from_nxai_mlstm({"weight": np.zeros((2, 2))}, *projections[1:], cell)
