@@ -1,6 +1,7 @@
 """MLSTMCell: NX-AI's reference as the oracle, the two forms against each other, finite differences everywhere."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -8,11 +9,12 @@ import pytest
 
 import xlstm
 from test_gradients import assert_gradient_close, numeric_gradient
-from xlstm.mlstm_parallel import parallel_form
+from xlstm.mlstm_parallel import chunkwise_form, parallel_form
 from xlstm.mlstm_recurrent import MLSTMState, recurrent_form
 from xlstm_backends import dtype_name, nxai_reference
 
-FORMS = {"recurrent": recurrent_form, "parallel": parallel_form}
+FORMS = {"recurrent": recurrent_form, "parallel": parallel_form,
+         "chunkwise": functools.partial(chunkwise_form, chunk_size=3)}
 needs_reference = pytest.mark.skipif(nxai_reference.unavailable_reason() is not None,
                                      reason=str(nxai_reference.unavailable_reason()))
 
@@ -134,6 +136,7 @@ CELL_CASES = {
     "parallel-lengths-time-major": ("parallel", True, [4, 0, 2], True, "random"),
     "parallel-zero-state-lengths": ("parallel", False, [1, 4, 0], False, None),
     "recurrent-zero-state": ("recurrent", False, None, True, None),
+    "auto-in-chunks-lengths": ("auto", True, [4, 0, 2], False, "random"),
 }
 B, T, I, H, NH = 3, 4, 3, 4, 2
 
@@ -156,7 +159,8 @@ def run_cell(backend, arrays: dict, form: str, output_gate: bool, lengths, time_
 
 
 @pytest.mark.parametrize("case", list(CELL_CASES))
-def test_cell_gradients_match_finite_differences(backend, case):
+def test_cell_gradients_match_finite_differences(backend, case, monkeypatch):
+    monkeypatch.setattr(xlstm.mlstm, "CHUNK_SIZE", 3)  # form="auto": chunks of 3 + 1 steps
     form, output_gate, lengths, time_major, initial = CELL_CASES[case]
     rng = np.random.default_rng(len(case))
     arrays = cell_arrays(rng, output_gate, time_major)
@@ -185,20 +189,22 @@ def test_cell_gradients_match_finite_differences(backend, case):
 
 
 @pytest.mark.parametrize("case", list(CELL_CASES))
-def test_forms_agree_in_outputs_states_and_gradients(backend, case):
+def test_forms_agree_in_outputs_states_and_gradients(backend, case, monkeypatch):
+    monkeypatch.setattr(xlstm.mlstm, "CHUNK_SIZE", 3)
     _, output_gate, lengths, time_major, initial = CELL_CASES[case]
     rng = np.random.default_rng(3)
     arrays = cell_arrays(rng, output_gate, time_major)
     r_out = xlstm.asarray(rng.normal(size=(T, B, H) if time_major else (B, T, H)), backend=backend)
     r_state = xlstm.MLSTMState(*(xlstm.asarray(r, backend=backend) for r in random_state(rng, B, NH, H // NH)))
     results = {}
-    for form in FORMS:
+    for form in ("recurrent", "parallel", "auto"):
         outputs, final, backward = run_cell(backend, arrays, form, output_gate, lengths, time_major,
                                             initial is not None, vjp=True)
         grads = backward(r_out, r_state)
         results[form] = [outputs, *final, grads["weights"], grads["inputs"], *grads["initial_state"]]
-    for ours, theirs in zip(results["recurrent"], results["parallel"]):
-        np.testing.assert_allclose(xlstm.to_numpy(ours), xlstm.to_numpy(theirs), rtol=0, atol=1e-12)
+    for form in ("parallel", "auto"):
+        for ours, theirs in zip(results["recurrent"], results[form]):
+            np.testing.assert_allclose(xlstm.to_numpy(ours), xlstm.to_numpy(theirs), rtol=0, atol=1e-12)
 
 
 def test_long_window_of_large_gates_stays_finite_and_forms_agree():
@@ -206,13 +212,14 @@ def test_long_window_of_large_gates_stays_finite_and_forms_agree():
     rng = np.random.default_rng(5)
     arrays = core_arrays(rng, 40, 2, 2, 3)
     arrays["i"] *= 30.0
-    results = [run_core(form, arrays, zero_state(2, 2, 3)) for form in FORMS]
-    for ours, theirs in zip(*(([h, *final]) for h, final, _ in results)):
-        assert np.all(np.isfinite(xlstm.to_numpy(ours)))
-        np.testing.assert_allclose(xlstm.to_numpy(ours), xlstm.to_numpy(theirs), rtol=1e-12, atol=1e-12)
+    results = [[h, *final] for h, final, _ in (run_core(form, arrays, zero_state(2, 2, 3)) for form in FORMS)]
+    for other in results[1:]:
+        for ours, theirs in zip(results[0], other):
+            assert np.all(np.isfinite(xlstm.to_numpy(theirs)))
+            np.testing.assert_allclose(xlstm.to_numpy(ours), xlstm.to_numpy(theirs), rtol=1e-12, atol=1e-12)
 
 
-def test_step_by_step_equals_unrolled_and_forms_are_chosen_by_length(backend):
+def test_step_by_step_equals_unrolled_and_the_forms_chosen(backend):
     rng = np.random.default_rng(2)
     cell = xlstm.MLSTMCell(H, I, num_heads=NH, seed=1, dtype="float64", backend=backend)
     x = xlstm.asarray(rng.normal(size=(B, T, I)), backend=backend)
@@ -223,8 +230,9 @@ def test_step_by_step_equals_unrolled_and_forms_are_chosen_by_length(backend):
         np.testing.assert_allclose(xlstm.to_numpy(h), xlstm.to_numpy(outputs[:, t, :]), rtol=0, atol=1e-12)
     for ours, theirs in zip(state, final):
         np.testing.assert_allclose(xlstm.to_numpy(ours), xlstm.to_numpy(theirs), rtol=0, atol=1e-12)
-    assert cell.uses_parallel_form(T) and not cell.uses_parallel_form(0)
-    assert not xlstm.MLSTMCell(H, I, form="recurrent").uses_parallel_form(T)
+    assert cell.form_for(T).func is chunkwise_form and cell.form_for(0) is recurrent_form
+    assert xlstm.MLSTMCell(H, I, form="recurrent").form_for(T) is recurrent_form
+    assert xlstm.MLSTMCell(H, I, form="parallel").form_for(T) is parallel_form
 
 
 def test_stack_of_mlstm_and_lstm_cells_matches_finite_differences(backend):

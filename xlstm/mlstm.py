@@ -10,24 +10,25 @@ pre-activation comes from x_t alone, which is what makes the parallel form possi
     C_t, n_t, m_t, h̃_t                       see `mlstm_recurrent` (the recurrence) and `mlstm_parallel`
     h_t        = σ(a_o) ⊙ h̃_t                 (h̃_t itself when output_gate=False)
 
-`unroll` runs the recurrent form or the parallel form (the same numbers); `form="auto"` picks the one that
-was measured faster for the window's length (README, "xLSTM cells").
+`unroll` runs the recurrent form or the parallel form (the same numbers); `form="auto"`, measured fastest
+(README, "xLSTM cells"), runs the parallel form over consecutive chunks of CHUNK_SIZE steps.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 from xlstm_backends import Backend
 from xlstm import init
 from xlstm.checks import check_bool, check_positive_int, namespace_of
 from xlstm.functional import sigmoid
-from xlstm.mlstm_parallel import parallel_form
+from xlstm.mlstm_parallel import chunkwise_form, parallel_form
 from xlstm.mlstm_recurrent import MLSTMState, recurrent_form
 from xlstm.recurrent_cell import RecurrentCell, Unrolling
 
 FORMS = ("auto", "recurrent", "parallel")
-PARALLEL_MAX_STEPS = 256  # form="auto": the parallel form for windows up to this many steps (measured)
+CHUNK_SIZE = 64  # form="auto": the parallel form over chunks of this many steps (measured fastest; README)
 
 
 class MLSTMCell(RecurrentCell):
@@ -105,11 +106,14 @@ class MLSTMCell(RecurrentCell):
         return {"num_units": self.num_units, "input_size": self.input_size, "num_heads": self.num_heads,
                 "output_gate": self.output_gate, "eps": self.eps, "form": self.form}
 
-    def uses_parallel_form(self, steps: int) -> bool:
-        """Whether `unroll` runs a window of `steps` steps in the parallel form (never for an empty window)."""
-        if self.form == "auto":
-            return 0 < steps <= PARALLEL_MAX_STEPS
-        return self.form == "parallel" and steps > 0
+    def form_for(self, steps: int) -> Callable[..., tuple]:
+        """The form `unroll` runs a window of `steps` steps in: "auto" is the parallel form over chunks of
+        CHUNK_SIZE steps, "parallel" the whole window at once; an empty window has only the recurrent form."""
+        if steps == 0 or self.form == "recurrent":
+            return recurrent_form
+        if self.form == "parallel":
+            return parallel_form
+        return functools.partial(chunkwise_form, chunk_size=CHUNK_SIZE)
 
     def unroll(self, x: Any, state: MLSTMState, valid: Any, with_backward: bool) -> Unrolling:
         xp = namespace_of(x=x, weights=self.weights)
@@ -120,8 +124,7 @@ class MLSTMCell(RecurrentCell):
         per_head = lambda start: xp.reshape(a[..., start:start + units],  # noqa: E731
                                             (steps, batch, heads, self.head_size))
         gates = 3 * units
-        form = parallel_form if self.uses_parallel_form(steps) else recurrent_form
-        h_tilde, final, core_backward = form(per_head(0), per_head(units), per_head(2 * units),
+        h_tilde, final, core_backward = self.form_for(steps)(per_head(0), per_head(units), per_head(2 * units),
                                              a[..., gates:gates + heads], a[..., gates + heads:gates + 2 * heads],
                                              state, valid, self.eps, with_backward)
         h_tilde = xp.reshape(h_tilde, (steps, batch, units))

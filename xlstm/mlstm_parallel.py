@@ -127,3 +127,34 @@ def parallel_form(q: Any, k: Any, v: Any, i_pre: Any, f_pre: Any, state: MLSTMSt
                 "initial_state": d_initial}
 
     return h_time_major, final, backward
+
+
+def chunkwise_form(q: Any, k: Any, v: Any, i_pre: Any, f_pre: Any, state: MLSTMState, valid: Any, eps: float,
+                   with_backward: bool, chunk_size: int) -> tuple[Any, MLSTMState, Backward | None]:
+    """The parallel form over consecutive chunks of at most `chunk_size` steps, each starting from the state the
+    previous one ended in: the same numbers, in time and memory linear in T (T ≥ 1)."""
+    xp = namespace_of(q=q, C=state.C)
+    runs, outputs = [], []
+    for start in range(0, q.shape[0], chunk_size):
+        window = slice(start, min(start + chunk_size, q.shape[0]))  # the standard refuses stops past the end
+        h, state, backward = parallel_form(q[window, ...], k[window, ...], v[window, ...], i_pre[window, ...],
+                                           f_pre[window, ...], state, None if valid is None else valid[window, ...],
+                                           eps, with_backward)
+        runs.append((window, backward))
+        outputs.append(h)
+    h = xp.concat(outputs, axis=0)
+    if not with_backward:
+        return h, state, None
+
+    def backward(d_h: Any, d_final: Any) -> dict[str, Any]:
+        """The chunks' VJPs from the last to the first, each handing its initial state's gradient back."""
+        pieces = []
+        for window, chunk_backward in reversed(runs):
+            grads = chunk_backward(None if d_h is None else d_h[window, ...], d_final)
+            d_final = grads.pop("initial_state")
+            pieces.append(grads)
+        pieces.reverse()
+        return {**{name: xp.concat([g[name] for g in pieces], axis=0) for name in pieces[0]},
+                "initial_state": d_final}
+
+    return h, state, backward
