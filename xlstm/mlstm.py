@@ -28,7 +28,7 @@ from xlstm.mlstm_recurrent import MLSTMState, recurrent_form
 from xlstm.recurrent_cell import RecurrentCell, Unrolling
 
 FORMS = ("auto", "recurrent", "parallel")
-CHUNK_SIZE = 64  # form="auto": the parallel form over chunks of this many steps (measured fastest; README)
+CHUNK_SIZE = 32  # form="auto": the parallel form over chunks of this many steps (measured fastest; README)
 
 
 class MLSTMCell(RecurrentCell):
