@@ -52,12 +52,16 @@ def heads_first(torch, a: np.ndarray):
 # ---------------------------------------------------------------- the reference as the oracle
 
 
+def reference_backends():
+    """torch and NX-AI's `blocks.mlstm.backends` (the tests that use them skip without the reference)."""
+    return pytest.importorskip("torch"), nxai_reference.reference_module("blocks.mlstm.backends")
+
+
 @needs_reference
 @pytest.mark.parametrize("form", list(FORMS))
 @pytest.mark.parametrize("NH", [1, 3])
 def test_zero_state_equals_parallel_stabilized_simple_with_gradients(form, NH):
-    torch = pytest.importorskip("torch")
-    backends_ref = nxai_reference.reference_module("blocks.mlstm.backends")
+    torch, backends_ref = reference_backends()
     T, B, DH = 7, 2, 4
     rng = np.random.default_rng(NH)
     arrays = core_arrays(rng, T, B, NH, DH)
@@ -77,8 +81,7 @@ def test_zero_state_equals_parallel_stabilized_simple_with_gradients(form, NH):
 @needs_reference
 @pytest.mark.parametrize("form", list(FORMS))
 def test_nonzero_state_equals_recurrent_step_stabilized_simple_with_gradients(form):
-    torch = pytest.importorskip("torch")
-    backends_ref = nxai_reference.reference_module("blocks.mlstm.backends")
+    torch, backends_ref = reference_backends()
     T, B, NH, DH = 5, 2, 2, 3
     rng = np.random.default_rng(7)
     arrays, state = core_arrays(rng, T, B, NH, DH), random_state(rng, B, NH, DH)
@@ -110,8 +113,7 @@ def test_nonzero_state_equals_recurrent_step_stabilized_simple_with_gradients(fo
 @pytest.mark.parametrize("chunk_size", [8, 4])
 def test_nonzero_state_equals_chunkwise_simple(chunk_size):
     """chunkwise_simple keeps C and n with unscaled keys (it scales q instead): ours times √DH."""
-    torch = pytest.importorskip("torch")
-    backends_ref = nxai_reference.reference_module("blocks.mlstm.backends")
+    torch, backends_ref = reference_backends()
     T, B, NH, DH = 8, 2, 2, 4
     rng = np.random.default_rng(11)
     arrays, state = core_arrays(rng, T, B, NH, DH), random_state(rng, B, NH, DH)
