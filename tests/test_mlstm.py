@@ -327,3 +327,12 @@ def test_convert_from_reference_modules_computes_their_h_tilde(bias):
         xlstm.convert.from_nxai_mlstm(*projections, {})
     with pytest.raises(ValueError, match=r"q_proj.weight must be \[heads, out/heads, in/heads\]"):
         xlstm.convert.from_nxai_mlstm({"weight": np.zeros((2, 2))}, *projections[1:], cell)
+
+
+def test_bench_row_has_both_sides():
+    from xlstm.bench_mlstm import mlstm_row
+    row = mlstm_row("numpy", (2, 3, 4, 8), heads=2, repeats=1, min_seconds=0.0)
+    assert set(row["xlstm"]) == {"forward_ms", "training_ms"} and row["shape"] == [2, 3, 4, 8]
+    assert (row["reference"] is None) == (row["reference_reason"] is not None)
+    if row["reference"] is not None:
+        assert row["reference"]["training_ms"] > 0
