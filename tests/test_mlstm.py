@@ -187,7 +187,7 @@ def test_cell_gradients_match_finite_differences(backend, case, monkeypatch):
     analytic = {"weights": grads["weights"], "inputs": grads["inputs"], **grads["initial_state"]._asdict()}
     for name in ("weights", "inputs", "C", "m") + (("n",) if with_state else ()):
         assert tuple(analytic[name].shape) == arrays[name].shape
-        assert_gradient_close(analytic[name], numeric_gradient(loss(name), arrays[name], samples=24), name)
+        assert_gradient_close(analytic[name], numeric_gradient(loss(name), arrays[name], samples=12), name)
 
 
 @pytest.mark.parametrize("case", list(CELL_CASES))
@@ -254,7 +254,7 @@ def test_stack_of_mlstm_and_lstm_cells_matches_finite_differences(backend):
               "inputs": lambda a: outputs_of(w_m, w_l, a)}
     for name, value, analytic in (("mlstm", w_m, grads["cell_0/weights"]), ("lstm", w_l, grads["cell_1/weights"]),
                                   ("inputs", x, grads["inputs"])):
-        numeric = numeric_gradient(lambda a: float(np.sum(xlstm.to_numpy(losses[name](a)[0]) * r)), value, samples=24)
+        numeric = numeric_gradient(lambda a: float(np.sum(xlstm.to_numpy(losses[name](a)[0]) * r)), value, samples=12)
         assert_gradient_close(analytic, numeric, name)
 
 
