@@ -6,15 +6,18 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import xlstm
 from test_gradients import assert_gradient_close, numeric_gradient
 from xlstm.mlstm_parallel import chunkwise_form, parallel_form
 from xlstm.mlstm_recurrent import MLSTMState, recurrent_form
-from xlstm_backends import dtype_name, nxai_reference
+from xlstm_backends import dtype_name, numpy_mlstm, nxai_reference
 
 FORMS = {"recurrent": recurrent_form, "parallel": parallel_form,
-         "chunkwise": functools.partial(chunkwise_form, chunk_size=3)}
+         "chunkwise": functools.partial(chunkwise_form, chunk_size=3),
+         "numpy-kernel": numpy_mlstm.parallel_form}  # NumPy's fused parallel form (run_core's default backend)
 needs_reference = pytest.mark.skipif(nxai_reference.unavailable_reason() is not None,
                                      reason=str(nxai_reference.unavailable_reason()))
 
@@ -234,7 +237,9 @@ def test_step_by_step_equals_unrolled_and_the_forms_chosen(backend):
         np.testing.assert_allclose(xlstm.to_numpy(ours), xlstm.to_numpy(theirs), rtol=0, atol=1e-12)
     assert cell.form_for(T).func is chunkwise_form and cell.form_for(0) is recurrent_form
     assert xlstm.MLSTMCell(H, I, form="recurrent").form_for(T) is recurrent_form
-    assert xlstm.MLSTMCell(H, I, form="parallel").form_for(T) is parallel_form
+    kernels = backend.library.mlstm_kernels()
+    assert xlstm.MLSTMCell(H, I, form="parallel", backend=backend).form_for(T) is (
+        parallel_form if kernels is None else kernels.parallel_form)
 
 
 def test_stack_of_mlstm_and_lstm_cells_matches_finite_differences(backend):
@@ -336,3 +341,43 @@ def test_bench_row_has_both_sides():
     assert (row["reference"] is None) == (row["reference_reason"] is not None)
     if row["reference"] is not None:
         assert row["reference"]["training_ms"] > 0
+
+
+# ---------------------------------------------------------------- NumPy's fused parallel form
+
+
+@st.composite
+def core_problems(draw):
+    T, B, NH, DH = draw(st.integers(1, 9)), draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    lengths = draw(st.one_of(st.none(), st.lists(st.integers(0, T), min_size=B, max_size=B)))
+    return {"sizes": (T, B, NH, DH), "lengths": lengths, "seed": draw(st.integers(0, 2**32 - 1)),
+            "state": draw(st.sampled_from(["zero", "random"])), "gate_scale": draw(st.sampled_from([1.0, 4.0, 30.0])),
+            "with_final": draw(st.booleans())}
+
+
+@settings(max_examples=60, deadline=None)
+@given(problem=core_problems())
+def test_numpy_kernel_equals_the_generic_parallel_form(problem):
+    """Outputs, final state and every gradient within 1e-12 in float64 (and float32 stays float32)."""
+    T, B, NH, DH = problem["sizes"]
+    rng = np.random.default_rng(problem["seed"])
+    arrays = core_arrays(rng, T, B, NH, DH)
+    arrays["i"], arrays["f"] = arrays["i"] * problem["gate_scale"], arrays["f"] * problem["gate_scale"]
+    state = random_state(rng, B, NH, DH) if problem["state"] == "random" else zero_state(B, NH, DH)
+    valid = None if problem["lengths"] is None else (np.arange(T)[:, None] < np.array(problem["lengths"]))[..., None]
+    r_h, r_state = rng.normal(size=(T, B, NH, DH)), random_state(rng, B, NH, DH)
+    results = []
+    for form in (parallel_form, numpy_mlstm.parallel_form):
+        h, final, backward = form(*(arrays[name] for name in ("q", "k", "v", "i", "f")), state, valid, 1e-6, True)
+        grads = backward(r_h, r_state if problem["with_final"] else None)
+        results.append([h, *final, *(grads[name] for name in "qkvif"), *grads["initial_state"]])
+    for generic, fused in zip(*results):
+        assert fused.shape == generic.shape and fused.dtype == generic.dtype
+        np.testing.assert_allclose(fused, generic, rtol=1e-12, atol=1e-12)
+    as_float32 = {name: a.astype(np.float32) for name, a in arrays.items()}
+    h, final, backward = numpy_mlstm.parallel_form(*(as_float32[name] for name in ("q", "k", "v", "i", "f")),
+                                                   MLSTMState(*(a.astype(np.float32) for a in state)), valid, 1e-6,
+                                                   True)
+    grads = backward(r_h.astype(np.float32), None)
+    assert {a.dtype for a in [h, *final, *(grads[name] for name in "qkvif"), *grads["initial_state"]]} == {
+        np.dtype(np.float32)}

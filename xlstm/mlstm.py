@@ -108,12 +108,15 @@ class MLSTMCell(RecurrentCell):
 
     def form_for(self, steps: int) -> Callable[..., tuple]:
         """The form `unroll` runs a window of `steps` steps in: "auto" is the parallel form over chunks of
-        CHUNK_SIZE steps, "parallel" the whole window at once; an empty window has only the recurrent form."""
+        CHUNK_SIZE steps, "parallel" the whole window at once (both by the backend's `mlstm_kernels()` when it has
+        them); an empty window has only the recurrent form."""
         if steps == 0 or self.form == "recurrent":
             return recurrent_form
+        kernels = self.backend.library.mlstm_kernels()  # the backend's fused parallel form, the same numbers
+        parallel = parallel_form if kernels is None else kernels.parallel_form
         if self.form == "parallel":
-            return parallel_form
-        return functools.partial(chunkwise_form, chunk_size=CHUNK_SIZE)
+            return parallel
+        return functools.partial(chunkwise_form, chunk_size=CHUNK_SIZE, parallel=parallel)
 
     def unroll(self, x: Any, state: MLSTMState, valid: Any, with_backward: bool) -> Unrolling:
         xp = namespace_of(x=x, weights=self.weights)

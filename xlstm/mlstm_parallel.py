@@ -16,7 +16,7 @@ forms compute the same numbers; with a zero initial state it is NX-AI's `paralle
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 from xlstm.checks import device_of, namespace_of
 from xlstm.functional import sigmoid
@@ -130,16 +130,18 @@ def parallel_form(q: Any, k: Any, v: Any, i_pre: Any, f_pre: Any, state: MLSTMSt
 
 
 def chunkwise_form(q: Any, k: Any, v: Any, i_pre: Any, f_pre: Any, state: MLSTMState, valid: Any, eps: float,
-                   with_backward: bool, chunk_size: int) -> tuple[Any, MLSTMState, Backward | None]:
-    """The parallel form over consecutive chunks of at most `chunk_size` steps, each starting from the state the
-    previous one ended in: the same numbers, in time and memory linear in T (T ≥ 1)."""
+                   with_backward: bool, chunk_size: int,
+                   parallel: Callable[..., tuple] = parallel_form) -> tuple[Any, MLSTMState, Backward | None]:
+    """The parallel form (`parallel`: this module's or a backend's fused one) over consecutive chunks of at most
+    `chunk_size` steps, each starting from the state the previous one ended in: the same numbers, in time and
+    memory linear in T (T ≥ 1)."""
     xp = namespace_of(q=q, C=state.C)
     runs, outputs = [], []
     for start in range(0, q.shape[0], chunk_size):
         window = slice(start, min(start + chunk_size, q.shape[0]))  # the standard refuses stops past the end
-        h, state, backward = parallel_form(q[window, ...], k[window, ...], v[window, ...], i_pre[window, ...],
-                                           f_pre[window, ...], state, None if valid is None else valid[window, ...],
-                                           eps, with_backward)
+        h, state, backward = parallel(q[window, ...], k[window, ...], v[window, ...], i_pre[window, ...],
+                                      f_pre[window, ...], state, None if valid is None else valid[window, ...],
+                                      eps, with_backward)
         runs.append((window, backward))
         outputs.append(h)
     h = xp.concat(outputs, axis=0)
