@@ -32,7 +32,11 @@ CHUNK_SIZE = 32  # form="auto": the parallel form over chunks of this many steps
 
 
 class MLSTMCell(RecurrentCell):
-    """Holds the mLSTM's fused weights and settings; `dynamic_rnn` runs it through `unroll`."""
+    """Holds the mLSTM's fused weights and settings; `dynamic_rnn` runs it through `unroll`.
+
+    num_heads divides num_units; output_gate=False gives h = h̃ (what a cell converted from NX-AI's has); eps
+    guards the normaliser; form is "auto" (parallel, in chunks), "recurrent" or "parallel" (the whole window).
+    """
 
     state_type = MLSTMState
 
