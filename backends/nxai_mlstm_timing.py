@@ -15,14 +15,17 @@ from xlstm_backends.torch_reference import median_ms
 
 def time_reference_mlstm(batch: int, steps: int, input_size: int, units: int, heads: int, *,
                          threads: int | None = None, repeats: int | None = None, min_seconds: float = 0.5,
-                         seed: int = 0) -> tuple[dict[str, Any] | None, str | None]:
-    """({"forward_ms", "training_ms", "threads"}, None) for the reference in float32 on the CPU, or (None, why)."""
+                         seed: int = 0, chunk_size: int | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """({"forward_ms", "training_ms", "threads"}, None) for the reference in float32 on the CPU, or (None, why).
+    With `chunk_size` (dividing steps) their `chunkwise_simple` runs instead of `parallel_stabilized_simple`."""
     reason = nxai_reference.unavailable_reason()
     if reason is not None:
         return None, reason
     import torch
 
-    parallel_stabilized_simple = nxai_reference.reference_module("blocks.mlstm.backends").parallel_stabilized_simple
+    functions = nxai_reference.reference_module("blocks.mlstm.backends")
+    if chunk_size is not None and (chunk_size < 1 or steps % chunk_size):
+        return None, f"chunkwise_simple needs a chunk_size dividing steps {steps}, got {chunk_size}"
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -39,7 +42,10 @@ def time_reference_mlstm(batch: int, steps: int, input_size: int, units: int, he
             q, k, v = (a[..., j * units:(j + 1) * units].reshape(batch, steps, heads, -1).transpose(1, 2)
                        for j in range(3))
             gates = a[..., 3 * units:].transpose(1, 2)[..., None]  # [B, 2NH, T, 1]
-            return parallel_stabilized_simple(q, k, v, gates[:, :heads], gates[:, heads:], mask)
+            if chunk_size is None:
+                return functions.parallel_stabilized_simple(q, k, v, gates[:, :heads], gates[:, heads:], mask)
+            return functions.chunkwise_simple(q, k, v, gates[:, :heads, :, 0], gates[:, heads:, :, 0],
+                                              chunk_size=chunk_size)
 
         def forward() -> None:
             with torch.no_grad():
