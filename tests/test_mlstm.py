@@ -341,6 +341,11 @@ def test_bench_row_has_both_sides():
     assert (row["reference"] is None) == (row["reference_reason"] is not None)
     if row["reference"] is not None:
         assert row["reference"]["training_ms"] > 0
+        from xlstm_backends.nxai_mlstm_timing import time_reference_mlstm
+        chunkwise, reason = time_reference_mlstm(2, 4, 4, 8, 2, repeats=1, min_seconds=0.0, chunk_size=2)
+        assert reason is None and chunkwise["forward_ms"] > 0
+        assert time_reference_mlstm(2, 4, 4, 8, 2, chunk_size=3) == (
+            None, "chunkwise_simple needs a chunk_size dividing steps 4, got 3")
 
 
 # ---------------------------------------------------------------- NumPy's fused parallel form
