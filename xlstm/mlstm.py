@@ -127,11 +127,13 @@ class MLSTMCell(RecurrentCell):
         steps, batch, units, heads = x.shape[0], x.shape[1], self.num_units, self.num_heads
         kernel = self.weights[:, 1:]
         x_flat = xp.reshape(x, (steps * batch, self.input_size))
+        # Every pre-activation of every step in one [T·B, I] × [I, rows] matmul.
         a = xp.reshape(x_flat @ xp.matrix_transpose(kernel) + self.weights[:, 0], (steps, batch, self.num_rows))
-        per_head = lambda start: xp.reshape(a[..., start:start + units],  # noqa: E731
+        per_head = lambda start: xp.reshape(a[..., start:start + units],  # noqa: E731  [T, B, NH, DH]
                                             (steps, batch, heads, self.head_size))
-        gates = 3 * units
-        h_tilde, final, core_backward = self.form_for(steps)(per_head(0), per_head(units), per_head(2 * units),
+        gates = 3 * units  # ĩ in rows gates … gates + NH − 1, f̃ in the next NH, then o
+        form = self.form_for(steps)
+        h_tilde, final, core_backward = form(per_head(0), per_head(units), per_head(2 * units),
                                              a[..., gates:gates + heads], a[..., gates + heads:gates + 2 * heads],
                                              state, valid, self.eps, with_backward)
         h_tilde = xp.reshape(h_tilde, (steps, batch, units))
