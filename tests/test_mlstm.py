@@ -386,3 +386,21 @@ def test_numpy_kernel_equals_the_generic_parallel_form(problem):
     grads = backward(r_h.astype(np.float32), None)
     assert {a.dtype for a in [h, *final, *(grads[name] for name in "qkvif"), *grads["initial_state"]]} == {
         np.dtype(np.float32)}
+
+
+def test_float32_keeps_its_dtype_and_follows_float64(backend):
+    """The default dtype through every form (chunks of 32 and a remainder), lengths, the backward."""
+    rng = np.random.default_rng(8)
+    x, weights = rng.normal(size=(3, 40, I)), rng.normal(scale=0.5, size=(3 * H + 2 * NH + H, 1 + I))
+    results = {}
+    for dtype, form in (("float64", "recurrent"), ("float32", "recurrent"), ("float32", "auto")):
+        cell = xlstm.MLSTMCell(H, I, num_heads=NH, weights=weights, dtype=dtype, form=form, backend=backend)
+        outputs, final, backward = xlstm.dynamic_rnn_vjp(cell, xlstm.asarray(x, dtype=dtype, backend=backend),
+                                                         sequence_length=[40, 33, 0])
+        grads = backward(outputs, final)
+        results[dtype, form] = [xlstm.to_numpy(a) for a in (outputs, *final, grads["weights"], grads["inputs"],
+                                                              *grads["initial_state"])]
+        assert {a.dtype for a in results[dtype, form]} == {np.dtype(dtype)}
+    for form in ("recurrent", "auto"):
+        for ours, exact in zip(results["float32", form], results["float64", "recurrent"]):
+            np.testing.assert_allclose(ours, exact, rtol=0, atol=1e-4 * max(1.0, float(np.abs(exact).max())))
