@@ -25,6 +25,12 @@ def _log_sigmoid(x: numpy.ndarray) -> numpy.ndarray:
     return numpy.minimum(x, 0.0) - numpy.log1p(numpy.exp(-numpy.abs(x)))
 
 
+def _sigmoid(x: numpy.ndarray) -> numpy.ndarray:
+    """σ(x) from e^−|x|, never overflowing (as xlstm.functional.sigmoid)."""
+    e = numpy.exp(-numpy.abs(x))
+    return numpy.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
 def parallel_form(q: Any, k: Any, v: Any, i_pre: Any, f_pre: Any, state: Any, valid: Any, eps: float,
                   with_backward: bool) -> tuple[Any, Any, Callable[..., dict[str, Any]] | None]:
     """xlstm.mlstm_parallel.parallel_form on NumPy arrays (same arguments and results, T ≥ 1)."""
@@ -86,10 +92,10 @@ def parallel_form(q: Any, k: Any, v: Any, i_pre: Any, f_pre: Any, state: Any, va
         if inside is not None:
             d_h = d_h * inside[..., None]
         d_num = d_h / normaliser[..., None]
-        d_normaliser = -numpy.einsum("bhtd,bhtd->bht", d_h, h) / normaliser
+        dh_h = numpy.einsum("bhtd,bhtd->bht", d_h, h)
         by_dot = numpy.abs(dot) >= floor
-        d_dot = numpy.where(by_dot, d_normaliser * numpy.sign(dot), 0.0)
-        d_m = numpy.where(by_dot, 0.0, -d_normaliser * floor)
+        d_dot = numpy.where(by_dot, -dh_h / normaliser * numpy.sign(dot), 0.0)
+        d_m = numpy.where(by_dot, 0.0, dh_h * _sigmoid(-m - math.log(eps)))  # exp(−m) / (exp(−m) + eps)
         d_S = d_num @ v.swapaxes(-1, -2)
         d_S += d_dot[..., None]
         d_v = S.swapaxes(-1, -2) @ d_num
@@ -127,8 +133,7 @@ def parallel_form(q: Any, k: Any, v: Any, i_pre: Any, f_pre: Any, state: Any, va
         d_F = rows - d_i + d_g + d_row
         d_m0 = d_g.sum(axis=-1)
         d_log_f = numpy.flip(numpy.cumsum(numpy.flip(d_F, axis=-1), axis=-1), axis=-1)
-        e = numpy.exp(-numpy.abs(f_pre))
-        d_f = d_log_f * numpy.where(f_pre >= 0, e / (1.0 + e), 1.0 / (1.0 + e))  # σ(−f̃), never overflowing
+        d_f = d_log_f * _sigmoid(-f_pre)
         if inside is not None:
             d_i, d_f = d_i * inside, d_f * inside
         d_initial = [d_C0, d_n0, d_m0]

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from xlstm.checks import device_of, namespace_of
 from xlstm.functional import sigmoid
-from xlstm.mlstm_recurrent import Backward, MLSTMState, fresh_rows, log_sigmoid
+from xlstm.mlstm_recurrent import Backward, MLSTMState, floor_share, fresh_rows, log_sigmoid
 
 
 def parallel_form(q: Any, k: Any, v: Any, i_pre: Any, f_pre: Any, state: MLSTMState, valid: Any, eps: float,
@@ -75,10 +75,10 @@ def parallel_form(q: Any, k: Any, v: Any, i_pre: Any, f_pre: Any, state: MLSTMSt
         if inside is not None:
             d_h = xp.where(inside[..., None], d_h, 0.0)
         d_num = d_h / normaliser[..., None]
-        d_normaliser = -xp.sum(d_h * h, axis=-1) / normaliser
+        dh_h = xp.sum(d_h * h, axis=-1)
         by_dot = xp.abs(dot) >= floor
-        d_dot = xp.where(by_dot, d_normaliser * xp.sign(dot), 0.0)
-        d_m = xp.where(by_dot, 0.0, -d_normaliser * floor)
+        d_dot = xp.where(by_dot, -dh_h / normaliser * xp.sign(dot), 0.0)
+        d_m = xp.where(by_dot, 0.0, dh_h * floor_share(m, eps))
         d_S = d_num @ xp.matrix_transpose(v) + d_dot[..., None]
         d_v = xp.matrix_transpose(S) @ d_num
         d_w = xp.sum(d_num * qC, axis=-1) + d_dot * qn

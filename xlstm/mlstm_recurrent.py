@@ -37,6 +37,12 @@ def log_sigmoid(x: Any) -> Any:
     return xp.minimum(x, 0.0) - xp.log1p(xp.exp(-xp.abs(x)))
 
 
+def floor_share(m: Any, eps: float) -> Any:
+    """exp(−m) / (exp(−m) + eps) = σ(−m − log eps): the floor's part of a floored normaliser, the factor its
+    gradient carries; finite where exp(−m) overflows (a memory whose every input gate was tiny)."""
+    return sigmoid(-m - math.log(eps))
+
+
 def fresh_rows(n: Any) -> Any:
     """[B, NH] booleans: heads whose normaliser is all zero, i.e. whose memory is empty (a zero state)."""
     xp = namespace_of(n=n)
@@ -78,16 +84,15 @@ def _step(q: Any, k: Any, v: Any, i_pre: Any, f_pre: Any, previous: MLSTMState, 
     return _Step(q, k, v, f_pre, previous, use_forget, fresh, i_act, f_act, MLSTMState(C, n, m), normaliser, dot, h)
 
 
-def _step_backward(s: _Step, dh: Any, d_state: MLSTMState) -> tuple[dict[str, Any], MLSTMState]:
+def _step_backward(s: _Step, dh: Any, d_state: MLSTMState, eps: float) -> tuple[dict[str, Any], MLSTMState]:
     """The step's VJP: (gradients of q, k (scaled), v, ĩ, f̃; the gradient of the previous state)."""
     xp = namespace_of(dh=dh, C=s.state.C)
     C, n, m = s.state
     d_num = dh / s.normaliser[..., None]
-    d_normaliser = -xp.sum(dh * s.h, axis=-1) / s.normaliser
-    floor = xp.exp(-m)
-    by_dot = xp.abs(s.dot) >= floor
-    d_dot = xp.where(by_dot, d_normaliser * xp.sign(s.dot), 0.0)
-    d_m = d_state.m + xp.where(by_dot, 0.0, -d_normaliser * floor)
+    dh_h = xp.sum(dh * s.h, axis=-1)
+    by_dot = xp.abs(s.dot) >= xp.exp(-m)
+    d_dot = xp.where(by_dot, -dh_h / s.normaliser * xp.sign(s.dot), 0.0)
+    d_m = d_state.m + xp.where(by_dot, 0.0, dh_h * floor_share(m, eps))  # d/dm of exp(−m) / normaliser
     d_C = d_state.C + s.q[..., :, None] * d_num[..., None, :]
     d_n = d_state.n + d_dot[..., None] * s.q
     d_q = (C @ d_num[..., :, None])[..., 0] + d_dot[..., None] * n
@@ -135,7 +140,7 @@ def recurrent_form(q: Any, k: Any, v: Any, i_pre: Any, f_pre: Any, state: MLSTMS
             valid_t = None if valid is None else valid[t, ...]
             inside, skipped = split_gradient(valid_t, d_state)
             d_h_t = d_h[t, ...] if valid_t is None else xp.where(valid_t[..., None], d_h[t, ...], 0.0)
-            grads, d_state = _step_backward(steps[t], d_h_t, inside)
+            grads, d_state = _step_backward(steps[t], d_h_t, inside, eps)
             if skipped is not None:
                 d_state = MLSTMState(*(a + b for a, b in zip(d_state, skipped)))
             per_step.append(grads)
