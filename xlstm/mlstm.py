@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from xlstm_backends import Backend
 from xlstm import init
-from xlstm.checks import check_bool, check_positive_int, namespace_of
+from xlstm.checks import check_bool, check_positive_int, device_of, namespace_of
 from xlstm.functional import sigmoid
 from xlstm.mlstm_parallel import chunkwise_form, parallel_form
 from xlstm.mlstm_recurrent import MLSTMState, recurrent_form
@@ -125,10 +125,10 @@ class MLSTMCell(RecurrentCell):
     def unroll(self, x: Any, state: MLSTMState, valid: Any, with_backward: bool) -> Unrolling:
         xp = namespace_of(x=x, weights=self.weights)
         steps, batch, units, heads = x.shape[0], x.shape[1], self.num_units, self.num_heads
-        kernel = self.weights[:, 1:]
-        x_flat = xp.reshape(x, (steps * batch, self.input_size))
-        # Every pre-activation of every step in one [T·B, I] × [I, rows] matmul.
-        a = xp.reshape(x_flat @ xp.matrix_transpose(kernel) + self.weights[:, 0], (steps, batch, self.num_rows))
+        ones = xp.ones((steps * batch, 1), dtype=x.dtype, device=device_of(x))
+        x_flat = xp.concat([ones, xp.reshape(x, (steps * batch, self.input_size))], axis=1)  # [1, x_t]
+        # Every pre-activation of every step, bias included, in one [T·B, 1 + I] × [1 + I, rows] matmul.
+        a = xp.reshape(x_flat @ xp.matrix_transpose(self.weights), (steps, batch, self.num_rows))
         per_head = lambda start: xp.reshape(a[..., start:start + units],  # noqa: E731  [T, B, NH, DH]
                                             (steps, batch, heads, self.head_size))
         gates = 3 * units  # ĩ in rows gates … gates + NH − 1, f̃ in the next NH, then o
@@ -151,8 +151,8 @@ class MLSTMCell(RecurrentCell):
             if o is not None:
                 blocks.append(d_outputs * h_tilde * o * (1.0 - o))
             d_a = xp.reshape(xp.concat(blocks, axis=-1), (steps * batch, self.num_rows))
-            d_weights = xp.concat([xp.sum(d_a, axis=0)[:, None], xp.matrix_transpose(d_a) @ x_flat], axis=1)
-            d_inputs = xp.reshape(d_a @ kernel, (steps, batch, self.input_size))
+            d_weights = xp.matrix_transpose(d_a) @ x_flat
+            d_inputs = xp.reshape(d_a @ self.weights[:, 1:], (steps, batch, self.input_size))
             return {"weights": d_weights, "inputs": d_inputs, "initial_state": core["initial_state"]}
 
         return Unrolling(outputs, final, backward)
