@@ -348,6 +348,42 @@ def test_bench_row_has_both_sides():
             None, "chunkwise_simple needs a chunk_size dividing steps 4, got 3")
 
 
+@needs_reference
+def test_convert_their_step_state_and_continue_from_it():
+    """Their cell.step from a nonzero state, three steps, against our converted cell from the converted state."""
+    torch = pytest.importorskip("torch")
+    cell_module = nxai_reference.reference_module("blocks.mlstm.cell")
+    headwise = nxai_reference.reference_module("components.linear_headwise")
+    B, units, heads = 2, 6, 2
+    torch.manual_seed(1)
+    config = headwise.LinearHeadwiseExpandConfig(in_features=units, num_heads=3, bias=True)
+    projections = [headwise.LinearHeadwiseExpand(config).double() for _ in range(3)]
+    cell = cell_module.mLSTMCell(cell_module.mLSTMCellConfig(context_length=3, embedding_dim=units,
+                                                             num_heads=heads)).double()
+    with torch.no_grad():
+        for parameter in [*cell.igate.parameters(), *cell.fgate.parameters()]:
+            parameter.normal_()
+    captured = []
+    cell.outnorm.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    size = units // heads
+    state = (torch.randn(B, heads, size, size, dtype=torch.float64), torch.randn(B, heads, size, 1, dtype=torch.float64),
+             torch.randn(B, heads, 1, 1, dtype=torch.float64))
+    ours_state = xlstm.convert.from_nxai_mlstm_state(state)
+    x = torch.randn(B, 3, units, dtype=torch.float64)
+    with torch.no_grad():
+        for t in range(3):
+            _, state = cell.step(*(projection(x[:, t:t + 1]) for projection in projections), mlstm_state=state)
+    ours = xlstm.convert.from_nxai_mlstm(*projections, cell)
+    outputs, final = xlstm.dynamic_rnn(ours, x.numpy(), ours_state)
+    expected = torch.cat([h.transpose(1, 2).reshape(B, 1, units) for h in captured], dim=1).numpy()
+    np.testing.assert_allclose(xlstm.to_numpy(outputs), expected, rtol=0, atol=1e-10)
+    for theirs, back in zip(state, xlstm.convert.to_nxai_mlstm_state(final)):
+        assert back.shape == theirs.shape
+        np.testing.assert_allclose(back.numpy(), theirs.numpy(), rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match=r"mlstm_state's n_state must have shape \[2, 2, 3, 1\]"):
+        xlstm.convert.from_nxai_mlstm_state((state[0], state[1][..., 0], state[2]))
+
+
 # ---------------------------------------------------------------- NumPy's fused parallel form
 
 

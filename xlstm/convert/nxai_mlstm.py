@@ -16,7 +16,7 @@ from typing import Any
 
 from xlstm_backends import Backend, asarray, get_backend
 from xlstm.checks import namespace_of
-from xlstm.mlstm import MLSTMCell
+from xlstm.mlstm import MLSTMCell, MLSTMState
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 
@@ -55,6 +55,29 @@ def from_nxai_mlstm(q_proj: Any, k_proj: Any, v_proj: Any, cell: Any, dtype: Any
     weights = xp.concat([xp.concat(biases, axis=0)[:, None], xp.concat(rows, axis=0)], axis=1)
     return MLSTMCell(units, input_size, num_heads=num_heads, output_gate=False, weights=weights,
                      dtype=dtype, backend=target)
+
+
+def from_nxai_mlstm_state(mlstm_state: tuple, dtype: Any = None, backend: str | Backend | None = None,
+                          device: Any = None) -> MLSTMState:
+    """Their `mLSTMCell.step` state (c [B, NH, DH, DH], n [B, NH, DH, 1], m [B, NH, 1, 1]) as an MLSTMState: the
+    same layout (C sums k vᵀ with k scaled by 1/√DH), the trailing axes dropped."""
+    if not isinstance(mlstm_state, (tuple, list)) or len(mlstm_state) != 3:
+        raise TypeError(f"mlstm_state must be their (c_state, n_state, m_state), got {type(mlstm_state).__name__}")
+    C, n, m = (asarray(part, dtype=dtype, backend=get_backend(backend, device)) for part in mlstm_state)
+    batch, heads, size = C.shape[0], C.shape[1], C.shape[-1]
+    for name, part, shape in (("c_state", C, (batch, heads, size, size)), ("n_state", n, (batch, heads, size, 1)),
+                              ("m_state", m, (batch, heads, 1, 1))):
+        if tuple(part.shape) != shape:
+            raise ValueError(f"mlstm_state's {name} must have shape {list(shape)}, got {list(part.shape)}")
+    xp = namespace_of(c_state=C, n_state=n, m_state=m)
+    return MLSTMState(C, xp.reshape(n, (batch, heads, size)), xp.reshape(m, (batch, heads)))
+
+
+def to_nxai_mlstm_state(state: MLSTMState) -> tuple[Any, Any, Any]:
+    """An MLSTMState as torch tensors in their `mLSTMCell.step` layout: (c, n [B, NH, DH, 1], m [B, NH, 1, 1])."""
+    C, n, m = state
+    torch_tensor = lambda x: asarray(x, backend="torch")  # noqa: E731
+    return torch_tensor(C), torch_tensor(n[..., None]), torch_tensor(m[..., None, None])
 
 
 def _state_dict(name: str, module: Any) -> dict[str, Any]:
