@@ -88,11 +88,16 @@ class Library:
         or None (xlstm/optim.py's generic array-API update, the reference it must equal)."""
         return None
 
+    def mlstm_kernels(self) -> Any:
+        """A module whose `parallel_form` equals xlstm/mlstm_parallel.py's (same arguments and results) for this
+        library, or None (the generic array-API code)."""
+        return None
+
     def kernel_paths(self) -> dict[str, str]:
         """Which code runs each part that may have kernels of its own (what `backends` and `bench`
         print): the kernel module's DESCRIPTION, or the generic array-API code."""
         modules = {"LSTM": self.lstm_kernels(), "layer-norm LSTM": self.lstm_layer_norm_kernels(),
                    "softmax cross-entropy": self.loss_kernels(), "output layer": self.output_layer_kernels(),
-                   "optimizers": self.optimizer_kernels()}
+                   "optimizers": self.optimizer_kernels(), "mLSTM": self.mlstm_kernels()}
         return {part: GENERIC_CODE if module is None else getattr(module, "DESCRIPTION", "the library's kernels")
                 for part, module in modules.items()}

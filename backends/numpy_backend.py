@@ -92,6 +92,12 @@ class NumpyLibrary(Library):
         """The compiled Adam/AdamW with the `fast` extra, else None (the generic update)."""
         return _by_choice("numba_training", None)
 
+    def mlstm_kernels(self) -> Any:
+        """The mLSTM's parallel form in NumPy with a running row maximum (backends/numpy_mlstm.py)."""
+        from xlstm_backends import numpy_mlstm
+
+        return numpy_mlstm
+
 
 def _by_choice(numba_module: str | None, numpy_module: str | None) -> Any:
     """The kernel module `kernel_choice()` picks (a name in xlstm_backends), or None for the generic code."""

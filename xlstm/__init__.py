@@ -14,6 +14,7 @@ from xlstm_backends import (
 from xlstm import convert, data, init, models, optim
 from xlstm.cell import LSTMCell, LSTMState
 from xlstm.dense import Dense
+from xlstm.mlstm import MLSTMCell, MLSTMState
 from xlstm.functional import log_softmax, one_hot, sigmoid, softmax
 from xlstm.losses import sequence_loss, sequence_loss_vjp, softmax_cross_entropy, softmax_cross_entropy_vjp
 from xlstm.onnx_export import export_onnx
@@ -34,6 +35,8 @@ __all__ = [
     "LSTM",
     "LSTMCell",
     "LSTMState",
+    "MLSTMCell",
+    "MLSTMState",
     "MultiRNNCell",
     "Reversed",
     "TableRows",

@@ -16,6 +16,7 @@ from xlstm_backends import Backend, asarray, dtype_name, get_backend, to_numpy
 from xlstm_backends.storage import StorageError, read_arrays, write_arrays
 from xlstm.cell import LSTMCell
 from xlstm.dense import Dense
+from xlstm.mlstm import MLSTMCell
 from xlstm.models import CharLM
 from xlstm.sequence import LSTM, Bidirectional, Reversed
 from xlstm.stack import MultiRNNCell
@@ -45,7 +46,7 @@ _CONTAINERS: dict[type, _Container] = {
     LSTM: _Container(lambda o: o.layers, lambda k: f"layer_{k}/", LSTM),
 }
 # Objects that own arrays: rebuilt from config(), dtype and backend, then given their arrays.
-_LEAVES = (LSTMCell, Dense, CharLM)
+_LEAVES = (LSTMCell, Dense, CharLM, MLSTMCell)
 _CLASSES = {cls.__name__: cls for cls in [*_LEAVES, *_CONTAINERS]}
 
 
