@@ -275,3 +275,26 @@ def test_layer_norm_option_times_the_layer_norm_cell(monkeypatch):
     assert "layer-norm cell against torch's plain LSTM" in lines[0]
     kernels = bench.get_backend(None).library.lstm_layer_norm_kernels()
     assert results["machine"]["fused_kernels"] == (None if kernels is None else kernels.DESCRIPTION)
+
+
+def test_xlstm_task_reports_both_cells_against_the_reference(monkeypatch):
+    from xlstm import bench_xlstm
+    from xlstm_backends.nxai_reference import unavailable_reason
+
+    monkeypatch.setattr(bench_xlstm, "SHAPE", (2, 3, 4, 8))
+    monkeypatch.setattr(bench_xlstm, "NUM_HEADS", 2)
+    lines: list[str] = []
+    results = bench.run_benchmark("tiny", tasks="xlstm", repeats=1, runs=2, write=lines.append)
+    text = "\n".join(lines)
+    assert text == bench.format_table(results)
+    cells = results["xlstm"]["cells"]
+    assert set(cells) == {"slstm", "mlstm"} and all(len(cell["xlstm"]) == 2 for cell in cells.values())
+    reason = unavailable_reason()
+    for kind, figures in cells.items():
+        rows = [line for line in lines if line.strip().startswith(kind)]
+        assert [row.split()[1] for row in rows] == ["forward", "training"]
+        if reason is None:
+            ratios = [a["training_ms"] / b["training_ms"] for a, b in zip(figures["xlstm"], figures["reference"])]
+            assert f"[{min(ratios):.2f}–{max(ratios):.2f}]" in rows[1]
+        else:
+            assert figures["reference"] is None and "not measured" in rows[0]

@@ -334,20 +334,6 @@ def test_convert_from_reference_modules_computes_their_h_tilde(bias):
         xlstm.convert.from_nxai_mlstm({"weight": np.zeros((2, 2))}, *projections[1:], cell)
 
 
-def test_bench_row_has_both_sides():
-    from xlstm.bench_mlstm import mlstm_row
-    row = mlstm_row("numpy", (2, 3, 4, 8), heads=2, repeats=1, min_seconds=0.0)
-    assert set(row["xlstm"]) == {"forward_ms", "training_ms"} and row["shape"] == [2, 3, 4, 8]
-    assert (row["reference"] is None) == (row["reference_reason"] is not None)
-    if row["reference"] is not None:
-        assert row["reference"]["training_ms"] > 0
-        from xlstm_backends.nxai_mlstm_timing import time_reference_mlstm
-        chunkwise, reason = time_reference_mlstm(2, 4, 4, 8, 2, repeats=1, min_seconds=0.0, chunk_size=2)
-        assert reason is None and chunkwise["forward_ms"] > 0
-        assert time_reference_mlstm(2, 4, 4, 8, 2, chunk_size=3) == (
-            None, "chunkwise_simple needs a chunk_size dividing steps 4, got 3")
-
-
 @needs_reference
 def test_convert_their_step_state_and_continue_from_it():
     """Their cell.step from a nonzero state, three steps, against our converted cell from the converted state."""

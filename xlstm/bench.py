@@ -1,4 +1,5 @@
-"""`python -m xlstm bench`: xlstm's LSTM against PyTorch's `torch.nn.LSTM`, side by side.
+"""`python -m xlstm bench`: xlstm's LSTM against PyTorch's `torch.nn.LSTM`, side by side (and, with
+`--task xlstm`, the sLSTM and mLSTM cells against NX-AI's PyTorch code: xlstm/bench_xlstm.py).
 
 For each shape (batch, steps, input, hidden) in float32 it times, in one process and on
 the same thread count: xlstm's forward (`xlstm.dynamic_rnn`) and training step
@@ -447,6 +448,8 @@ def format_table(results: dict[str, Any]) -> str:
         lines += format_footer(results)
     if "charlm" in results["tasks"]:
         lines += ["", *bench_charlm.format_charlm(results["charlm"])]
+    if "xlstm" in results["tasks"]:
+        lines += ["", *bench_xlstm.format_cells(results["xlstm"])]
     return "\n".join(lines)
 
 
