@@ -125,3 +125,113 @@ def test_gradients_match_finite_differences(backend, case):
     for name in ["weights", "recurrent_weights", "inputs"] + (list("cnmh") if given_state else []):
         assert tuple(analytic[name].shape) == arrays[name].shape
         assert_gradient_close(analytic[name], numeric_gradient(loss(name), arrays[name]), name)
+
+
+# --- stacks mixing SLSTMCell and LSTMCell, save/load, .to()
+
+def mixed_stack(values: dict, backend, dtype="float64") -> xlstm.MultiRNNCell:
+    """LSTM (I=2 → 3) under sLSTM (3 → 4, two heads) under LSTM (4 → 2), from arrays keyed like parameters()."""
+    return xlstm.MultiRNNCell([
+        xlstm.LSTMCell(3, 2, weights=values["cell_0/weights"], dtype=dtype, backend=backend),
+        xlstm.SLSTMCell(4, 3, num_heads=2, weights=values["cell_1/weights"], dtype=dtype, backend=backend,
+                        recurrent_weights=values["cell_1/recurrent_weights"]),
+        xlstm.LSTMCell(2, 4, weights=values["cell_2/weights"], dtype=dtype, backend=backend)])
+
+
+def mixed_stack_arrays(rng) -> dict[str, np.ndarray]:
+    slstm = random_cell_arrays(rng, 4, 3, 2)
+    return {"cell_0/weights": rng.normal(size=(12, 6)), "cell_1/weights": slstm["weights"],
+            "cell_1/recurrent_weights": slstm["recurrent_weights"], "cell_2/weights": rng.normal(size=(8, 7))}
+
+
+def test_mixed_stack_gradients_match_finite_differences(backend):
+    B, T = 2, 3
+    rng = np.random.default_rng(5)
+    arrays = {**mixed_stack_arrays(rng), "inputs": rng.normal(size=(B, T, 2))}
+    r_out = rng.normal(size=(B, T, 2))
+    on = lambda a: xlstm.asarray(a, backend=backend)  # noqa: E731
+
+    def run(values, vjp=False):
+        call = xlstm.dynamic_rnn_vjp if vjp else xlstm.dynamic_rnn
+        return call(mixed_stack(values, backend), on(values["inputs"]), sequence_length=[3, 2])
+
+    def loss(name):
+        def of(array):
+            outputs, final = run({**arrays, name: array})
+            return float(np.sum(xlstm.to_numpy(outputs) * r_out)) + float(np.sum(xlstm.to_numpy(final[1].m)))
+        return of
+
+    _, final, backward = run(arrays, vjp=True)
+    m_only = xlstm.SLSTMState(*(on(np.zeros((B, 4))),) * 2, on(np.ones((B, 4))), on(np.zeros((B, 4))))
+    d_final = (xlstm.LSTMState(on(np.zeros((B, 3))), on(np.zeros((B, 3)))), m_only,
+               xlstm.LSTMState(on(np.zeros((B, 2))), on(np.zeros((B, 2)))))
+    grads = backward(on(r_out), d_final)
+    assert isinstance(grads["initial_state"][1], xlstm.SLSTMState)
+    for name in arrays:
+        assert_gradient_close(grads[name], numeric_gradient(loss(name), arrays[name], samples=16), name)
+
+
+def test_mixed_stack_save_load_and_to_keep_every_number(backend, tmp_path):
+    rng = np.random.default_rng(6)
+    stack = mixed_stack(mixed_stack_arrays(rng), backend)
+    x = rng.normal(size=(2, 4, 2))
+    outputs, final = xlstm.dynamic_rnn(stack, xlstm.asarray(x, backend=backend))
+    xlstm.save(stack, tmp_path / "stack.npz")
+    # The same backend gives the same bits; another one (its own LSTM kernels) the same numbers to rounding.
+    for copy, tolerance in ((xlstm.load(tmp_path / "stack.npz", backend=backend), 0.0), (stack.to("numpy"), 1e-12)):
+        assert isinstance(copy.cells[1], xlstm.SLSTMCell) and copy.cells[1].num_heads == 2
+        for name, value in stack.parameters().items():
+            np.testing.assert_array_equal(xlstm.to_numpy(copy.parameters()[name]), xlstm.to_numpy(value))
+        again, again_final = xlstm.dynamic_rnn(copy, xlstm.asarray(x, backend=copy.backend))
+        np.testing.assert_allclose(xlstm.to_numpy(again), xlstm.to_numpy(outputs), rtol=0, atol=tolerance)
+        for ours, theirs in zip(again_final[1], final[1]):
+            np.testing.assert_allclose(xlstm.to_numpy(ours), xlstm.to_numpy(theirs), rtol=0, atol=tolerance)
+
+
+def test_default_initialisation_is_seeded_and_remembers_long():
+    cell = xlstm.SLSTMCell(6, 3, num_heads=2, seed=1, dtype="float64", backend="numpy")
+    same = xlstm.SLSTMCell(6, 3, num_heads=2, seed=1, dtype="float64", backend="numpy")
+    np.testing.assert_array_equal(cell.recurrent_weights, same.recurrent_weights)
+    np.testing.assert_array_equal(cell.weights, same.weights)
+    forget_bias = cell.weights[6:12, 0]
+    np.testing.assert_allclose(forget_bias, [3.0, 4.5, 6.0] * 2)
+    assert np.all(cell.weights[:6, 0] == 0) and np.all(cell.weights[12:, 0] == 0)
+    assert cell.config() == {"num_units": 6, "input_size": 3, "num_heads": 2, "seed": 1}
+    assert cell.to("numpy", dtype="float32").weights.dtype == np.float32
+
+
+def test_one_step_call_equals_a_one_step_run(backend):
+    rng = np.random.default_rng(8)
+    cell = xlstm.SLSTMCell(4, 3, num_heads=2, **random_cell_arrays(rng, 4, 3, 2), dtype="float64", backend=backend)
+    x = xlstm.asarray(rng.normal(size=(2, 3)), backend=backend)
+    h, state = cell(x)
+    outputs, final = xlstm.dynamic_rnn(cell, x[:, None, :])
+    np.testing.assert_array_equal(xlstm.to_numpy(h), xlstm.to_numpy(outputs[:, 0, :]))
+    assert isinstance(state, xlstm.SLSTMState)
+    np.testing.assert_array_equal(xlstm.to_numpy(state.n), xlstm.to_numpy(final.n))
+
+
+# --- bad input, refused by name before any work
+
+def test_bad_settings_and_weights_are_refused_by_name():
+    with pytest.raises(ValueError, match="num_heads must divide num_units 6, got 4"):
+        xlstm.SLSTMCell(6, 2, num_heads=4)
+    with pytest.raises(ValueError, match="num_heads"):
+        xlstm.SLSTMCell(6, 2, num_heads=0)
+    with pytest.raises(ValueError, match="weights"):
+        xlstm.SLSTMCell(4, 2, weights=np.zeros((16, 2)))
+    with pytest.raises(ValueError, match="recurrent_weights"):
+        xlstm.SLSTMCell(4, 2, num_heads=2, recurrent_weights=np.zeros((2, 8, 4)))
+
+
+def test_bad_state_is_refused_by_name():
+    cell = xlstm.SLSTMCell(4, 2, dtype="float64", backend="numpy")
+    x = np.zeros((3, 5, 2))
+    with pytest.raises(TypeError, match=r"initial_state must be a SLSTMState\(c, n, m, h\), got LSTMState"):
+        xlstm.dynamic_rnn(cell, x, xlstm.LSTMState(np.zeros((3, 4)), np.zeros((3, 4))))
+    wrong_batch = xlstm.SLSTMState(*(np.zeros((2, 4)),) * 4)
+    with pytest.raises(ValueError, match="initial_state.c"):
+        xlstm.dynamic_rnn(cell, x, wrong_batch)
+    _, _, backward = xlstm.dynamic_rnn_vjp(cell, x)
+    with pytest.raises(TypeError, match="d_final_state"):
+        backward(None, (np.zeros((3, 4)),))
