@@ -235,3 +235,43 @@ def test_bad_state_is_refused_by_name():
     _, _, backward = xlstm.dynamic_rnn_vjp(cell, x)
     with pytest.raises(TypeError, match="d_final_state"):
         backward(None, (np.zeros((3, 4)),))
+
+
+# --- weights from NX-AI's sLSTMLayer
+
+@needs_reference
+@pytest.mark.parametrize("heads", [1, 2])
+def test_from_nxai_slstm_computes_what_their_layer_computes_before_its_group_norm(heads, backend):
+    import torch
+    layer_module = nxai_reference.reference_module("blocks.slstm.layer")
+    B, T, H = 2, 5, 4
+    torch.manual_seed(heads)
+    config = layer_module.sLSTMLayerConfig(embedding_dim=H, num_heads=heads, conv1d_kernel_size=0,
+                                           backend="vanilla")
+    layer = layer_module.sLSTMLayer(config).double()
+    cell = layer.slstm_cell
+    with torch.no_grad():  # their recurrent kernel starts at zero; make every weight count
+        cell.recurrent_kernel[:] = torch.randn(cell.recurrent_kernel.shape, dtype=torch.float64) * 0.7
+        cell.bias[:] = torch.randn(cell.bias.shape, dtype=torch.float64)
+    x = torch.randn(B, T, H, dtype=torch.float64)
+    with torch.no_grad():  # the layer's forward up to its group norm (conv1d_kernel_size=0: all gates read x)
+        y, _ = cell(torch.cat([layer.fgate(x), layer.igate(x), layer.zgate(x), layer.ogate(x)], dim=-1))
+    theirs = y.transpose(1, 2).reshape(B, T, H).numpy()  # [B, NH, T, DH] → [B, T, H]
+
+    weights = layer.state_dict()  # detached tensors
+    ours = xlstm.convert.from_nxai_slstm(cell.recurrent_kernel[:], cell.bias[:], weights["igate.weight"],
+                                         weights["fgate.weight"], weights["zgate.weight"], weights["ogate.weight"],
+                                         backend=backend)
+    assert (ours.num_units, ours.input_size, ours.num_heads) == (H, H, heads)
+    outputs, _ = xlstm.dynamic_rnn(ours, xlstm.asarray(x.numpy(), backend=backend))
+    np.testing.assert_allclose(xlstm.to_numpy(outputs), theirs, rtol=0, atol=1e-10)
+
+
+def test_from_nxai_slstm_refuses_wrong_shapes_by_name():
+    kernel, bias, gate = np.zeros((2, 3, 4, 3)), np.zeros((2, 4, 3)), np.zeros((2, 3, 3))
+    with pytest.raises(ValueError, match="recurrent_kernel must be"):
+        xlstm.convert.from_nxai_slstm(np.zeros((2, 12, 3)), bias, gate, gate, gate, gate)
+    with pytest.raises(ValueError, match="bias"):
+        xlstm.convert.from_nxai_slstm(kernel, np.zeros((2, 3, 4)), gate, gate, gate, gate)
+    with pytest.raises(ValueError, match="zgate"):
+        xlstm.convert.from_nxai_slstm(kernel, bias, gate, gate, np.zeros((2, 2, 3)), gate)

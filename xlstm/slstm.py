@@ -88,15 +88,23 @@ def slstm_step_internals(preactivations: Any, previous: SLSTMState) -> SLSTMStep
     return SLSTMStepInternals(i_raw, f_raw, z_raw, o_raw, log_f_plus_m, first, m, i, f, z, o, c, n, o * c / n)
 
 
+def headwise_full(blocks: Any) -> Any:
+    """Per-head blocks [NH, R, C] as the one block-diagonal [NH·R, NH·C] matrix they stand for (zero where
+    a row's head differs from the column's)."""
+    xp = namespace_of(blocks=blocks)
+    heads, rows, columns = blocks.shape
+    same_head = xp.eye(heads, dtype=blocks.dtype, device=device_of(blocks))
+    full = blocks[:, :, None, :] * same_head[:, None, :, None]  # [NH, R, NH, C]
+    return xp.reshape(full, (heads * rows, heads * columns))
+
+
 def block_diagonal(recurrent_weights: Any) -> Any:
-    """R [NH, 4·DH, DH] as the one [4H, H] matrix it stands for: row (gate, head k, unit), column (head k',
-    unit), zero where k ≠ k'. Then R h_{t-1} is one matmul, in the pre-activations' order."""
+    """R [NH, 4·DH, DH] as one [4H, H] matrix: row blocks i, f, z, o, each block-diagonal over the heads.
+    Then R h_{t-1} is one matmul, in the pre-activations' order."""
     xp = namespace_of(recurrent_weights=recurrent_weights)
-    heads, head_size = recurrent_weights.shape[0], recurrent_weights.shape[2]
-    by_gate = xp.permute_dims(xp.reshape(recurrent_weights, (heads, 4, head_size, head_size)), (1, 0, 2, 3))
-    same_head = xp.eye(heads, dtype=recurrent_weights.dtype, device=device_of(recurrent_weights))
-    full = by_gate[:, :, :, None, :] * same_head[None, :, None, :, None]  # [4, NH, DH, NH, DH]
-    return xp.reshape(full, (4 * heads * head_size, heads * head_size))
+    head_size = recurrent_weights.shape[2]
+    return xp.concat([headwise_full(recurrent_weights[:, g * head_size:(g + 1) * head_size, :]) for g in range(4)],
+                     axis=0)
 
 
 def head_blocks(full: Any, heads: int) -> Any:
