@@ -188,6 +188,39 @@ def test_mixed_stack_save_load_and_to_keep_every_number(backend, tmp_path):
             np.testing.assert_allclose(xlstm.to_numpy(ours), xlstm.to_numpy(theirs), rtol=0, atol=tolerance)
 
 
+def test_bidirectional_and_reversed_slstm_layers_gradients(backend):
+    """The sequence layers run SLSTMCells like LSTMCells: a sampled finite-difference check of every array."""
+    B, T, rng = 2, 4, np.random.default_rng(9)
+    arrays = {"layer_0/fw/weights": random_cell_arrays(rng, 4, 3, 2)["weights"],
+              "layer_0/fw/recurrent_weights": random_cell_arrays(rng, 4, 3, 2)["recurrent_weights"],
+              "layer_0/bw/weights": random_cell_arrays(rng, 2, 3, 1)["weights"],
+              "layer_0/bw/recurrent_weights": random_cell_arrays(rng, 2, 3, 1)["recurrent_weights"],
+              "layer_1/weights": random_cell_arrays(rng, 3, 6, 3)["weights"],
+              "layer_1/recurrent_weights": random_cell_arrays(rng, 3, 6, 3)["recurrent_weights"],
+              "inputs": rng.normal(size=(B, T, 3))}
+    r_out = rng.normal(size=(B, T, 3))
+
+    def cell(values, prefix, units, inputs, heads):
+        return xlstm.SLSTMCell(units, inputs, num_heads=heads, weights=values[prefix + "weights"], dtype="float64",
+                               recurrent_weights=values[prefix + "recurrent_weights"], backend=backend)
+
+    def model(values):
+        both_ways = xlstm.Bidirectional(cell(values, "layer_0/fw/", 4, 3, 2), cell(values, "layer_0/bw/", 2, 3, 1))
+        return xlstm.LSTM([both_ways, xlstm.Reversed(cell(values, "layer_1/", 3, 6, 3))])
+
+    def loss(name):
+        def of(array):
+            values = {**arrays, name: array}
+            outputs, _ = model(values)(xlstm.asarray(values["inputs"], backend=backend), sequence_length=[4, 2])
+            return float(np.sum(xlstm.to_numpy(outputs) * r_out))
+        return of
+
+    _, _, backward = model(arrays).vjp(xlstm.asarray(arrays["inputs"], backend=backend), sequence_length=[4, 2])
+    grads = backward(xlstm.asarray(r_out, backend=backend), None)
+    for name in arrays:
+        assert_gradient_close(grads[name], numeric_gradient(loss(name), arrays[name], samples=8), name)
+
+
 def test_default_initialisation_is_seeded_and_remembers_long():
     cell = xlstm.SLSTMCell(6, 3, num_heads=2, seed=1, dtype="float64", backend="numpy")
     same = xlstm.SLSTMCell(6, 3, num_heads=2, seed=1, dtype="float64", backend="numpy")
