@@ -51,7 +51,7 @@ _CLASSES = {cls.__name__: cls for cls in [*_LEAVES, *_CONTAINERS]}
 
 
 def save(obj: Any, path: str | os.PathLike) -> None:
-    """Write `obj` (LSTMCell, Dense, MultiRNNCell, Reversed, Bidirectional, LSTM or CharLM)
+    """Write `obj` (LSTMCell, SLSTMCell, Dense, MultiRNNCell, Reversed, Bidirectional, LSTM or CharLM)
     to `path` atomically: an unsupported object or a failed write leaves `path` as it was."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
