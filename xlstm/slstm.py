@@ -156,8 +156,7 @@ class SLSTMCell(RecurrentCell):
         input weights glorot-uniform over [4H, I]."""
         xp, H, I, DH = self.backend.xp, self.num_units, self.input_size, self.head_size
         device = self.backend.device
-        spread = xp.linspace(3.0, 6.0, DH, dtype=self.dtype, device=device) if DH > 1 else xp.full(
-            (1,), 3.0, dtype=self.dtype, device=device)
+        spread = xp.linspace(3.0, 6.0, DH, dtype=self.dtype, device=device)  # [3.0] when DH = 1
         zeros = xp.zeros((H,), dtype=self.dtype, device=device)
         bias = xp.concat([zeros, xp.concat([spread] * self.num_heads), zeros, zeros])
         limit = math.sqrt(6.0 / (I + 4 * H))
