@@ -80,6 +80,26 @@ def test_matches_nxai_reference_outputs_states_and_gradients(heads, start):
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-10, err_msg=f"initial state {name}")
 
 
+def test_stabiliser_keeps_float32_finite_where_exp_of_the_input_gate_overflows(backend):
+    """ĩ ≈ 100 + noise: exp(ĩ) is inf in float32, yet outputs, states and gradients stay finite and equal
+    the float64 run's, because only exponents ≤ 0 are ever taken."""
+    B, T, I, H = 2, 6, 3, 4
+    rng = np.random.default_rng(10)
+    arrays = random_cell_arrays(rng, H, I, 2)
+    arrays["weights"][:H, 0] += 100.0
+    x, r_out = rng.normal(size=(B, T, I)), rng.normal(size=(B, T, H))
+    runs = {}
+    for dtype in ("float32", "float64"):
+        cell = xlstm.SLSTMCell(H, I, num_heads=2, **arrays, dtype=dtype, backend=backend)
+        outputs, final, backward = xlstm.dynamic_rnn_vjp(cell, xlstm.asarray(x, dtype=dtype, backend=backend))
+        grads = backward(xlstm.asarray(r_out, dtype=dtype, backend=backend), None)
+        runs[dtype] = [xlstm.to_numpy(a) for a in (outputs, final.h, grads["weights"], grads["recurrent_weights"])]
+    assert np.min(xlstm.to_numpy(final.m)) > 90.0  # the regime where exp(m) is inf in float32
+    for single, double in zip(runs["float32"], runs["float64"]):
+        assert np.all(np.isfinite(single))
+        np.testing.assert_allclose(single, double, rtol=0, atol=1e-4 * max(1.0, np.abs(double).max()))
+
+
 # --- central finite differences on every backend
 
 def state_loss(final, r_state) -> float:
