@@ -13,6 +13,7 @@ from xlstm_backends import (
 )
 from xlstm import convert, data, init, models, optim
 from xlstm.cell import LSTMCell, LSTMState
+from xlstm.slstm import SLSTMCell, SLSTMState
 from xlstm.dense import Dense
 from xlstm.mlstm import MLSTMCell, MLSTMState
 from xlstm.functional import log_softmax, one_hot, sigmoid, softmax
@@ -39,6 +40,8 @@ __all__ = [
     "MLSTMState",
     "MultiRNNCell",
     "Reversed",
+    "SLSTMCell",
+    "SLSTMState",
     "TableRows",
     "asarray",
     "available_backends",

@@ -19,6 +19,7 @@ from xlstm.dense import Dense
 from xlstm.mlstm import MLSTMCell
 from xlstm.models import CharLM
 from xlstm.sequence import LSTM, Bidirectional, Reversed
+from xlstm.slstm import SLSTMCell
 from xlstm.stack import MultiRNNCell
 
 FORMAT = "xlstm-model"
@@ -46,12 +47,12 @@ _CONTAINERS: dict[type, _Container] = {
     LSTM: _Container(lambda o: o.layers, lambda k: f"layer_{k}/", LSTM),
 }
 # Objects that own arrays: rebuilt from config(), dtype and backend, then given their arrays.
-_LEAVES = (LSTMCell, Dense, CharLM, MLSTMCell)
+_LEAVES = (LSTMCell, SLSTMCell, MLSTMCell, Dense, CharLM)
 _CLASSES = {cls.__name__: cls for cls in [*_LEAVES, *_CONTAINERS]}
 
 
 def save(obj: Any, path: str | os.PathLike) -> None:
-    """Write `obj` (LSTMCell, Dense, MultiRNNCell, Reversed, Bidirectional, LSTM or CharLM)
+    """Write `obj` (LSTMCell, SLSTMCell, Dense, MultiRNNCell, Reversed, Bidirectional, LSTM or CharLM)
     to `path` atomically: an unsupported object or a failed write leaves `path` as it was."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
