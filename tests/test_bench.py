@@ -144,7 +144,7 @@ def test_without_torch_the_table_says_why(monkeypatch):
     (["--repeats", "-2"], "repeats must be a positive integer, got -2"),
     (["--threads", "0"], "threads must be a positive integer, got 0"),
     (["--runs", "0"], "runs must be a positive integer, got 0"),
-    (["--task", "lstm"], "--task must name one or more of layer, charlm, got 'lstm'"),
+    (["--task", "lstm"], "--task must name one or more of layer, charlm, xlstm, got 'lstm'"),
     (["--backend", "nope"], "unknown backend 'nope'"),
 ])
 def test_bad_input_is_refused_before_measuring(argv, message):

@@ -58,7 +58,7 @@ class CharLM:
         self.num_layers = check_positive_int("num_layers", num_layers)
         self.layer_norm, self.dropout_keep_prob, self.forget_bias, self.seed = (
             bool(layer_norm), dropout_keep_prob, forget_bias, seed)
-        self.cell, self.num_heads = cell, check_positive_int("num_heads", num_heads)
+        self.cell_pattern, self.num_heads = cell, check_positive_int("num_heads", num_heads)
         kinds = layer_kinds(cell, self.num_layers)
         self.backend = get_backend(backend, device)
         self.dtype = self.backend.resolve_dtype(dtype)
@@ -94,7 +94,7 @@ class CharLM:
         return {"vocab_size": self.vocab_size, "embedding_size": self.embedding_size,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers, "layer_norm": self.layer_norm,
                 "dropout_keep_prob": self.dropout_keep_prob, "forget_bias": self.forget_bias,
-                "cell": self.cell, "num_heads": self.num_heads, "seed": self.seed}
+                "cell": self.cell_pattern, "num_heads": self.num_heads, "seed": self.seed}
 
     def parameters(self) -> dict[str, Any]:
         """Every trainable array: "embedding", "cell_K/...", "dense/kernel", "dense/bias"."""
