@@ -64,3 +64,20 @@ def test_a_missing_oracle_is_reported_as_skipped_not_failed(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     (check,) = _onnx_runtime_parity(get_backend("numpy"))
     assert check.passed and check.note.startswith("skipped: onnxruntime is not installed")
+
+
+def test_selftest_fails_on_a_wrong_slstm_gradient(monkeypatch, capsys):
+    """The sLSTM's recurrent-weight gradient off by one part in a thousand: the xLSTM gradient row fails."""
+    import xlstm.slstm_grad
+
+    right = xlstm.slstm_grad.slstm_backward
+
+    def wrong(*args, **kwargs):
+        grads = right(*args, **kwargs)
+        return {**grads, "recurrent_weights": grads["recurrent_weights"] * (1 + 1e-3)}
+
+    monkeypatch.setattr(xlstm.slstm_grad, "slstm_backward", wrong)
+    assert main(["selftest", "--quick"]) == 1
+    failures = capsys.readouterr().out.splitlines()[-2]
+    assert "gradients: sLSTM + mLSTM stack vs central differences (float64)" in failures
+    assert "CharLM" not in failures

@@ -8,6 +8,8 @@ numbers from outside that computation, and the table says the worst error and it
   code on the same device, and a float64 reference on NumPy, over a grid of shapes, lengths,
   dropout, layer norm, stacks and bidirectional runs;
 - every gradient kind against central differences (float64 where the device has it);
+- the sLSTM and mLSTM cells: a mixed stack against float64 NumPy, the mLSTM's two forms against
+  each other, their gradients against central differences (xlstm/selftest_xlstm.py);
 - a short training run whose loss must fall; save → load on the device, bit for bit;
 - PyTorch's `nn.LSTM` (cuDNN on a GPU) and ONNX Runtime (an exported file) when installed.
 """
@@ -20,6 +22,7 @@ from typing import Any, Callable, NamedTuple
 
 import xlstm
 from xlstm_backends import get_backend, onnx_runtime, torch_reference
+from xlstm.selftest_xlstm import xlstm_checks
 
 TENSORFLOW_CELL_H = [0.64121795, 0.68166804]  # LayerNormBasicLSTMCell, all weights 0.5 (DESIGN.md)
 TENSORFLOW_CELL_C = [0.88477188, 0.98103917]
@@ -292,6 +295,8 @@ def run_selftest(backend: str | None = None, device: Any = None, quick: bool = F
     dtypes = ["float32", "float64"] if _has_float64(chosen) else ["float32"]
     checks = _published_values(chosen) + _compare_grid(chosen, dtypes, quick)
     checks += _gradient_checks(chosen, dtypes[-1]) + _train_and_reload(chosen)
+    for dtype in dtypes:
+        checks += xlstm_checks(chosen, dtype, Check, worst_error, BOUND, _central_difference_error)
     return checks + _pytorch_parity(chosen, dtypes[-1]) + _onnx_runtime_parity(chosen)
 
 
