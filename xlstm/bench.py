@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import importlib.metadata
 import json
 import os
@@ -166,19 +165,8 @@ def measure_xlstm(backend: Any, shape: tuple[int, int, int, int], repeats: int |
     batch, steps, input_size, hidden = shape
     dtype = backend.resolve_dtype("float32")
     cell = xlstm.LSTMCell(hidden, input_size, layer_norm=layer_norm, seed=0, dtype=dtype, backend=backend)
-    inputs = backend.random(0).normal((batch, steps, input_size), dtype)
-
-    def forward() -> None:
-        xlstm.dynamic_rnn(cell, inputs)
-
-    def training_step() -> None:
-        outputs, _, backward = xlstm.dynamic_rnn_vjp(cell, inputs)
-        backward(outputs)  # d(½Σ outputs²)/d outputs = outputs
-
-    gc.collect()
-    forward_timing = median_ms(forward, backend.synchronize, repeats, min_seconds)
-    gc.collect()
-    training_timing = median_ms(training_step, backend.synchronize, repeats, min_seconds)
+    forward_timing, training_timing = bench_xlstm.time_cell(
+        cell, backend.random(0).normal((batch, steps, input_size), dtype), backend, repeats, min_seconds)
     return {"forward": {"ms": forward_timing.median_ms, "repeats": forward_timing.repeats},
             "training": {"ms": training_timing.median_ms, "repeats": training_timing.repeats}}
 

@@ -21,12 +21,9 @@ NUM_HEADS = 4
 CELLS = {"slstm": xlstm.SLSTMCell, "mlstm": xlstm.MLSTMCell}
 
 
-def measure_cell(kind: str, backend: Any, repeats: int | None, min_seconds: float) -> dict[str, float]:
-    """Forward and training-step medians (ms) of our `kind` cell on `backend`, public API only."""
-    batch, steps, input_size, hidden = SHAPE
-    dtype = backend.resolve_dtype("float32")
-    cell = CELLS[kind](hidden, input_size, num_heads=NUM_HEADS, seed=0, dtype=dtype, backend=backend)
-    inputs = backend.random(0).normal((batch, steps, input_size), dtype)
+def time_cell(cell: Any, inputs: Any, backend: Any, repeats: int | None, min_seconds: float) -> tuple[Any, Any]:
+    """The forward's and the training step's `Timing` of any cell (or stack) on `inputs`, public API only:
+    `dynamic_rnn`, and `dynamic_rnn_vjp` plus its backward for loss = ½Σ outputs² (the LSTM's layer task too)."""
 
     def forward() -> None:
         xlstm.dynamic_rnn(cell, inputs)
@@ -36,10 +33,19 @@ def measure_cell(kind: str, backend: Any, repeats: int | None, min_seconds: floa
         backward(outputs)  # d(½Σ outputs²)/d outputs = outputs
 
     gc.collect()
-    forward_ms = median_ms(forward, backend.synchronize, repeats, min_seconds).median_ms
+    forward_timing = median_ms(forward, backend.synchronize, repeats, min_seconds)
     gc.collect()
-    return {"forward_ms": forward_ms,
-            "training_ms": median_ms(training_step, backend.synchronize, repeats, min_seconds).median_ms}
+    return forward_timing, median_ms(training_step, backend.synchronize, repeats, min_seconds)
+
+
+def measure_cell(kind: str, backend: Any, repeats: int | None, min_seconds: float) -> dict[str, float]:
+    """Forward and training-step medians (ms) of our `kind` cell on `backend`."""
+    batch, steps, input_size, hidden = SHAPE
+    dtype = backend.resolve_dtype("float32")
+    cell = CELLS[kind](hidden, input_size, num_heads=NUM_HEADS, seed=0, dtype=dtype, backend=backend)
+    forward, training = time_cell(cell, backend.random(0).normal((batch, steps, input_size), dtype), backend,
+                                  repeats, min_seconds)
+    return {"forward_ms": forward.median_ms, "training_ms": training.median_ms}
 
 
 def measure_cells(backend: Any, runs: int, repeats: int | None, min_seconds: float) -> dict[str, Any]:
