@@ -109,6 +109,7 @@ class ForwardCache(NamedTuple):
     recurrent_weights: numpy.ndarray  # R [NH, 4·DH, DH]
     preactivations: numpy.ndarray  # a [T, B, 4H] of every step
     states: numpy.ndarray  # [T, B, 4, H]: c, n, m, h entering every step
+    h_by_head: list  # each row block's h_{t-1} head by head, [NH, T, b, DH]
     valid: numpy.ndarray  # [T, B] booleans, or [0, B] without lengths
     blocks: list[tuple[int, int]]  # [start, stop) of every row block
 
@@ -204,11 +205,12 @@ def _heads_product(rows, gates, packed, rest, by_head, out):
 
 
 @numba.njit(**JIT)
-def _forward_loop(preactivations, packed, rest, state, valid, outputs, states, keep, one, start, stop):
+def _forward_loop(preactivations, packed, rest, state, valid, outputs, states, h_by_head, keep, one, start, stop):
     """Run every step in place for the batch rows [start, stop). preactivations [T, B, 4H] holds the input
     projection (bias included) and receives the recurrent term; packed, rest: each head's R_kᵀ [DH, 4·DH] by
     `packed_columns`; state [B, 4, H] rows c, n, m, h, updated; valid [T, B] or [0, B]; outputs [T, B, H]; with
-    `keep`, states [T, B, 4, H] receives the state entering each step."""
+    `keep`, states [T, B, 4, H] receives the state entering each step, and the block's h_by_head [NH, T, b, DH]
+    each step's h_{t-1} head by head (the rows of the recurrent weights' gradient); without, it has one step."""
     steps, _, four_units = preactivations.shape
     units = four_units // 4
     heads = packed.shape[0]
@@ -216,11 +218,10 @@ def _forward_loop(preactivations, packed, rest, state, valid, outputs, states, k
     zero = one - one
     width = packed.shape[1] * packed.shape[3]  # 4·DH, padded to whole chunks (`_packed_heads`)
     recurrent = numpy.empty((heads, stop - start, width), preactivations.dtype)  # [NH, b, 4·DH]
-    h_heads = numpy.empty((heads, stop - start, head_size), preactivations.dtype)
     for t in range(steps):
         if keep:
             states[t, start:stop] = state[start:stop]
-        _heads_product(state[start:stop, 3], 1, packed, rest, h_heads, recurrent)
+        _heads_product(state[start:stop, 3], 1, packed, rest, h_by_head[:, t if keep else 0], recurrent)
         for b in range(start, stop):
             a, out = preactivations[t, b], outputs[t, b]
             for k in range(heads):  # a += R h_{t-1}: head k's product, gates i, f, z, o × its units
@@ -235,17 +236,17 @@ def _forward_loop(preactivations, packed, rest, state, valid, outputs, states, k
 
 
 @numba.njit(**JIT)
-def _backward_loop(preactivations, states, valid, packed, rest, d_outputs, d_state, d_a, one, start, stop):
+def _backward_loop(preactivations, states, valid, packed, rest, d_outputs, d_state, d_a, d_by_head, one, start,
+                   stop):
     """Walk the steps backwards in place for the batch rows [start, stop): d_state [B, 4, H] (c, n, m, h) becomes
     the initial state's gradient and d_a [T, B, 4H] every step's pre-activation gradients. preactivations,
     states, valid as `_forward_loop` kept them; d_outputs [T, B, H]; packed, rest: each head's R_k [4·DH, DH] by
-    `packed_columns`."""
+    `packed_columns`; the block's d_by_head [NH, T, b, 4·DH] receives d_a head by head."""
     steps, _, four_units = preactivations.shape
     units = four_units // 4
     heads = packed.shape[0]
     head_size = units // heads
     zero = one - one
-    d_heads = numpy.empty((heads, stop - start, 4 * head_size), d_a.dtype)  # [NH, b, 4·DH]: d_a head by head
     d_h_prev = numpy.empty((heads, stop - start, packed.shape[1] * packed.shape[3]), d_a.dtype)  # DH, padded
     for t in range(steps - 1, -1, -1):
         for b in range(start, stop):
@@ -254,7 +255,7 @@ def _backward_loop(preactivations, states, valid, packed, rest, d_outputs, d_sta
             else:
                 d_state[b, 3] += d_outputs[t, b]  # h_t's gradient: from later steps and from the output
                 _step_gradient(preactivations[t, b], states[t, b], d_state[b], d_a[t, b], one)
-        _heads_product(d_a[t, start:stop], 4, packed, rest, d_heads, d_h_prev)  # d h_{t-1} = d_a · R, by head
+        _heads_product(d_a[t, start:stop], 4, packed, rest, d_by_head[:, t], d_h_prev)  # d h_{t-1} = d_a · R
         for b in range(start, stop):
             if valid.shape[0] == 0 or valid[t, b]:
                 for k in range(heads):
@@ -283,6 +284,7 @@ def slstm_forward(inputs, weights, recurrent_weights, state, valid=None, keep_fo
     inputs = numpy.ascontiguousarray(inputs, dtype)
     steps, batch, input_size = inputs.shape
     units = weights.shape[0] // 4
+    heads, head_size = recurrent_weights.shape[0], recurrent_weights.shape[2]
     # Big buffers from the workspace (fresh pages fault: a new 6 MB array for this projection cost 5 ms, the
     # product itself 0.5 ms, at the default layer's shape).
     preactivations = empty((steps, batch, 4 * units), dtype)
@@ -295,15 +297,17 @@ def slstm_forward(inputs, weights, recurrent_weights, state, valid=None, keep_fo
     states = empty((steps if keep_for_backward else 0, batch, 4, units), dtype)
     outputs = empty((steps, batch, units), dtype)
     blocks = _row_blocks(batch, units)
+    h_by_head = [empty((heads, steps if keep_for_backward else 1, stop - start, head_size), dtype)
+                 for start, stop in blocks]
     one = dtype.type(1.0)
 
     def block(start: int, stop: int) -> None:
-        _forward_loop(preactivations, packed, rest, state, valid, outputs, states, keep_for_backward, one, start,
-                      stop)
+        _forward_loop(preactivations, packed, rest, state, valid, outputs, states,
+                      h_by_head[blocks.index((start, stop))], keep_for_backward, one, start, stop)
 
     with _blas_threads(blocks, units):
         run_on_row_blocks(block, blocks)
-    cache = (ForwardCache(inputs, weights, recurrent_weights, preactivations, states, valid, blocks)
+    cache = (ForwardCache(inputs, weights, recurrent_weights, preactivations, states, h_by_head, valid, blocks)
              if keep_for_backward else None)
     return outputs, tuple(state[:, k].copy() for k in range(4)), cache
 
@@ -327,11 +331,12 @@ def slstm_backward(cache: ForwardCache, d_outputs=None, d_final_state=None):
                else numpy.ascontiguousarray(numpy.stack(d_final_state, axis=1), dtype))
     packed, rest = _packed_heads(recurrent_weights)  # R_k [4·DH, DH]
     d_a = empty((steps, batch, 4 * units), dtype)
+    d_by_head = [empty((heads, steps, stop - start, four_head_size), dtype) for start, stop in cache.blocks]
     one = dtype.type(1.0)
 
     def block(start: int, stop: int) -> None:
-        _backward_loop(cache.preactivations, cache.states, cache.valid, packed, rest, d_outputs, d_state, d_a, one,
-                       start, stop)
+        _backward_loop(cache.preactivations, cache.states, cache.valid, packed, rest, d_outputs, d_state, d_a,
+                       d_by_head[cache.blocks.index((start, stop))], one, start, stop)
 
     with _blas_threads(cache.blocks, units):
         run_on_row_blocks(block, cache.blocks)
@@ -342,10 +347,9 @@ def slstm_backward(cache: ForwardCache, d_outputs=None, d_final_state=None):
     d_weights[:, 1:] = flat_d_a.T @ inputs.reshape(rows, input_size)
     d_inputs = empty((steps, batch, input_size), dtype)
     numpy.matmul(flat_d_a, weights[:, 1:], out=d_inputs.reshape(rows, input_size))
-    # R_k's gradient: Σ over steps and rows of d_a_kᵀ h_{t-1,k}, one product per head
-    d_a_heads = d_a.reshape(rows, 4, heads, head_size)
-    h_heads = cache.states[:, :, 3].reshape(rows, heads, head_size)  # h_{t-1}
-    d_recurrent = numpy.empty(recurrent_weights.shape, dtype)
-    for k in range(heads):
-        d_recurrent[k] = d_a_heads[:, :, k, :].reshape(rows, four_head_size).T @ h_heads[:, k, :]
+    # R_k's gradient: Σ over steps and rows of d_a_kᵀ h_{t-1,k}, one product per head and row block
+    d_recurrent = numpy.zeros(recurrent_weights.shape, dtype)
+    for d_heads, h_heads in zip(d_by_head, cache.h_by_head):
+        for k in range(heads):
+            d_recurrent[k] += d_heads[k].reshape(-1, four_head_size).T @ h_heads[k].reshape(-1, head_size)
     return d_weights, d_recurrent, d_inputs, tuple(d_state[:, k].copy() for k in range(4))
