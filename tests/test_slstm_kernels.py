@@ -74,6 +74,21 @@ def test_fused_kernels_equal_the_generic_code(dtype, tolerance, case):
         _assert_close(fused[name], generic[name], tolerance, name)
 
 
+def test_the_cell_runs_the_kernels_with_lengths_too(monkeypatch):
+    """SLSTMCell.unroll takes the fused path on numpy for every case, sequence_length included (else the
+    comparison above would compare the generic code with itself)."""
+    kernels = NumpyLibrary().slstm_kernels()
+    calls = []
+    for name in ("slstm_forward", "slstm_backward"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *args, _real=real, _name=name: calls.append(_name) or _real(*args))
+    cell = xlstm.SLSTMCell(4, 3, num_heads=2, seed=0, backend="numpy")
+    inputs = xlstm.asarray(np.ones((2, 5, 3)), dtype="float32", backend="numpy")
+    outputs, _, backward = xlstm.dynamic_rnn_vjp(cell, inputs, sequence_length=[5, 2])
+    backward(outputs, None)
+    assert calls == ["slstm_forward", "slstm_backward"]
+
+
 def test_backends_listing_names_the_slstm_kernels():
     """`python -m xlstm backends` and bench print which code runs the sLSTM, as for the other parts."""
     assert NumpyLibrary().kernel_paths()["sLSTM"].startswith("compiled kernels (numba")
