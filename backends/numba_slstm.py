@@ -7,18 +7,23 @@ and per step it does:
 
 - the recurrent term head by head: NH products h_{t-1,k} [b, DH] · R_kᵀ [DH, 4·DH] by numba_kernels'
   `_product` (its weights packed once per call), nothing spent on the zero blocks;
-- one pass over each batch row for the step's pointwise work (stabiliser, gates, c, n, h), the same
-  lines as `slstm_step_internals`, in the same order;
-- backwards, one pass for the pointwise gradient (the lines of `slstm_step_vjp`) and NH products
+- one pass over each batch row for the step's pointwise work (stabiliser, gates, c, n, h), the lines of
+  `slstm_step_internals` written without branches (selects), so that the compiler runs the units in vectors;
+- backwards, one such pass for the pointwise gradient (the lines of `slstm_step_vjp`) and NH products
   d_a_k [b, 4·DH] · R_k [4·DH, DH] for d h_{t-1}.
+
+Inside, a row's state is one [4, H] array (c, n, m, h): few distinct arrays per loop, so the compiler can
+check them for overlap and vectorise (separate c, n, m, h, out arrays kept the loops scalar).
 
 The input projection [T·B, I]·W_xᵀ and, after the backward loop, the weight and input gradients are
 whole-sequence products by OpenBLAS; the recurrent weights' gradient is one product per head over every
 step, d_a_kᵀ · h_{t-1,k}, never the dense [4H, H]. Batch rows never meet, so the batch is cut into row
 blocks, each running the whole loop on a thread of its own (`row_threads`), as for the LSTM.
 
-float64 uses math's exp, log1p and tanh: its numbers equal the generic code's to rounding. float32 takes
-tanh from numba_kernels (Eigen's rational approximation, a few units in the last place).
+float64 uses math's exp, log1p and tanh: its numbers equal the generic code's to rounding. float32 uses
+`exp` and `log1p_of_unit` below (polynomials, about one unit in the last place) and tanh from numba_kernels
+(Eigen's rational approximation, a few units in the last place): libm's scalar expf, five calls per unit,
+had made the compiled step as slow as the generic code's (~18 ms forward at the default layer's shape).
 Layout: pre-activations [T, B, 4H] in gates i, f, z, o, each block of H units listing the heads in order.
 """
 from __future__ import annotations
