@@ -12,8 +12,8 @@ and per step it does:
 - backwards, one such pass for the pointwise gradient (the lines of `slstm_step_vjp`) and NH products
   d_a_k [b, 4·DH] · R_k [4·DH, DH] for d h_{t-1}.
 
-Inside, a row's state is one [4, H] array (c, n, m, h): few distinct arrays per loop, so the compiler can
-check them for overlap and vectorise (separate c, n, m, h, out arrays kept the loops scalar).
+Inside, a row's state is one [4, H] array (c, n, m, h): few distinct arrays per loop, which the compiler
+must check for overlap before it vectorises.
 
 The input projection [T·B, I]·W_xᵀ and, after the backward loop, the weight and input gradients are
 whole-sequence products by OpenBLAS; the recurrent weights' gradient is one product per head over every
