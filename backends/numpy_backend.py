@@ -98,7 +98,6 @@ class NumpyLibrary(Library):
 
         return numpy_mlstm
 
-
     def slstm_kernels(self) -> Any:
         """The sLSTM's compiled time loop with the `fast` extra (unless XLSTM_KERNELS=numpy), else None (the generic
         code: a NumPy-only fused loop would still pay one NumPy call per operation and step)."""
