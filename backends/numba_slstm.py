@@ -285,20 +285,6 @@ def slstm_forward(inputs, weights, recurrent_weights, state, valid=None, keep_fo
     [4H, 1 + I], recurrent_weights [NH, 4·DH, DH], valid [T, B, 1] booleans or None.
 
     Returns (outputs [T, B, H], final state (c, n, m, h), cache for `slstm_backward` or None)."""
-    with _one_blas_thread(weights, inputs.shape[1]):
-        return _forward(inputs, weights, recurrent_weights, state, valid, keep_for_backward)
-
-
-def _one_blas_thread(weights, batch: int):
-    """`numba_kernels._blas_threads` for this batch: OpenBLAS on one thread for the whole call, its products
-    included, when the batch is split over threads. Its pool spinning beside the row threads cost more than its
-    threads saved (forward + backward at the default layer's shape: 14.7 ms against 11.8 with one thread)."""
-    units = weights.shape[0] // 4
-    return _blas_threads(_row_blocks(batch, units), units)
-
-
-def _forward(inputs, weights, recurrent_weights, state, valid, keep_for_backward):
-    """`slstm_forward`, inside its BLAS limit."""
     dtype = weights.dtype
     inputs = numpy.ascontiguousarray(inputs, dtype)
     steps, batch, input_size = inputs.shape
@@ -324,7 +310,8 @@ def _forward(inputs, weights, recurrent_weights, state, valid, keep_for_backward
         _forward_loop(preactivations, packed, rest, state, valid, outputs, states,
                       h_by_head[blocks.index((start, stop))], keep_for_backward, one, start, stop)
 
-    run_on_row_blocks(block, blocks)
+    with _blas_threads(blocks, units):
+        run_on_row_blocks(block, blocks)
     cache = (ForwardCache(inputs, weights, recurrent_weights, preactivations, states, h_by_head, valid, blocks)
              if keep_for_backward else None)
     return outputs, tuple(state[:, k].copy() for k in range(4)), cache
@@ -336,12 +323,6 @@ def slstm_backward(cache: ForwardCache, d_outputs=None, d_final_state=None):
 
     Returns (d_weights [4H, 1 + I], d_recurrent_weights [NH, 4·DH, DH], d_inputs [T, B, I],
     initial state's gradient (d_c, d_n, d_m, d_h))."""
-    with _one_blas_thread(cache.weights, cache.inputs.shape[1]):
-        return _backward(cache, d_outputs, d_final_state)
-
-
-def _backward(cache: ForwardCache, d_outputs, d_final_state):
-    """`slstm_backward`, inside its BLAS limit."""
     inputs, weights, recurrent_weights = cache.inputs, cache.weights, cache.recurrent_weights
     steps, batch, input_size = inputs.shape
     heads, four_head_size, head_size = recurrent_weights.shape
@@ -362,7 +343,8 @@ def _backward(cache: ForwardCache, d_outputs, d_final_state):
         _backward_loop(cache.preactivations, cache.states, cache.valid, packed, rest, d_outputs, d_state, d_a,
                        d_by_head[cache.blocks.index((start, stop))], one, start, stop)
 
-    run_on_row_blocks(block, cache.blocks)
+    with _blas_threads(cache.blocks, units):
+        run_on_row_blocks(block, cache.blocks)
     rows = steps * batch
     flat_d_a = d_a.reshape(rows, 4 * units)
     d_weights = numpy.empty(weights.shape, dtype)
