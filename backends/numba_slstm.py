@@ -113,7 +113,7 @@ class ForwardCache(NamedTuple):
     weights: numpy.ndarray  # [4H, 1 + I]
     recurrent_weights: numpy.ndarray  # R [NH, 4·DH, DH]
     preactivations: numpy.ndarray  # a [T, B, 4H] of every step
-    states: numpy.ndarray  # [T, B, 4, H]: c, n, m, h entering every step
+    states: numpy.ndarray  # [T, B, 4, H]: the state entering every step (its c, n, m are read; h rides along)
     h_by_head: list  # each row block's h_{t-1} head by head, [NH, T, b, DH]
     valid: numpy.ndarray  # [T, B] booleans, or [0, B] without lengths
     blocks: list[tuple[int, int]]  # [start, stop) of every row block
