@@ -93,11 +93,17 @@ class Library:
         library, or None (the generic array-API code)."""
         return None
 
+    def slstm_kernels(self) -> Any:
+        """A module with a fused `slstm_forward`/`slstm_backward` pair for this library (the sLSTM's whole time loop,
+        same numbers as xlstm/slstm.py and xlstm/slstm_grad.py), or None (the generic array-API code)."""
+        return None
+
     def kernel_paths(self) -> dict[str, str]:
         """Which code runs each part that may have kernels of its own (what `backends` and `bench`
         print): the kernel module's DESCRIPTION, or the generic array-API code."""
         modules = {"LSTM": self.lstm_kernels(), "layer-norm LSTM": self.lstm_layer_norm_kernels(),
                    "softmax cross-entropy": self.loss_kernels(), "output layer": self.output_layer_kernels(),
-                   "optimizers": self.optimizer_kernels(), "mLSTM": self.mlstm_kernels()}
+                   "optimizers": self.optimizer_kernels(), "mLSTM": self.mlstm_kernels(),
+                   "sLSTM": self.slstm_kernels()}
         return {part: GENERIC_CODE if module is None else getattr(module, "DESCRIPTION", "the library's kernels")
                 for part, module in modules.items()}

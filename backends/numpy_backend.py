@@ -98,6 +98,11 @@ class NumpyLibrary(Library):
 
         return numpy_mlstm
 
+    def slstm_kernels(self) -> Any:
+        """The sLSTM's compiled time loop with the `fast` extra (unless XLSTM_KERNELS=numpy), else None (the generic
+        code: a NumPy-only fused loop would still pay one NumPy call per operation and step)."""
+        return _by_choice("numba_slstm", None)
+
 
 def _by_choice(numba_module: str | None, numpy_module: str | None) -> Any:
     """The kernel module `kernel_choice()` picks (a name in xlstm_backends), or None for the generic code."""
