@@ -30,7 +30,6 @@ from xlstm_backends.numba_kernels import BLAS, JIT
 from xlstm_backends.row_threads import row_blocks, run_on_row_blocks
 
 DESCRIPTION = f"compiled mLSTM parallel form, per (batch row, head) (numba {numba.__version__})"
-CHUNK_SIZE = 64  # form="auto": chunks of this many steps (measured with this kernel; README h-mfast)
 MIN_ROWS = 4  # batch rows a thread must get to be worth starting (unroll)
 MIN_PAIRS = 4  # (batch row, head) pairs a thread must get to be worth starting
 # Per-step values kept for the backward pass, rows of `steps` [pairs, STEP_ROWS, T] (float64).
@@ -361,8 +360,8 @@ class _Core:
 
 
 def unroll(x: Any, weights: Any, state: Any, valid: Any, eps: float, num_heads: int, output_gate: bool,
-           with_backward: bool) -> tuple[Any, Any, Callable[..., dict[str, Any]] | None]:
-    """xlstm.MLSTMCell.unroll with form="auto" (time-major x [T, B, I], T ≥ 1): per block of batch rows, on the
+           chunk_size: int, with_backward: bool) -> tuple[Any, Any, Callable[..., dict[str, Any]] | None]:
+    """xlstm.MLSTMCell.unroll with form="auto" (time-major x [T, B, I], T ≥ 1, chunks of chunk_size): per block of batch rows, on the
     row threads, the rows' projection [1, x]·Wᵀ (one single-threaded BLAS product), the chunkwise parallel form
     of their pairs and the output gate; the backward likewise, its gradients written into the rows' [T, b, rows]
     pre-activation gradient and projected back with two products. Returns (outputs, final_state, backward)."""
@@ -371,7 +370,7 @@ def unroll(x: Any, weights: Any, state: Any, valid: Any, eps: float, num_heads: 
     units = (rows - 2 * num_heads) // (4 if output_gate else 3)
     size = units // num_heads
     gates = 3 * units
-    core = _Core((steps, batch, num_heads, size), dtype, state, valid, eps, CHUNK_SIZE, with_backward)
+    core = _Core((steps, batch, num_heads, size), dtype, state, valid, eps, chunk_size, with_backward)
     outputs = numpy.empty((steps, batch, units), dtype)
     h_tilde = numpy.empty((steps, batch, num_heads, size), dtype) if output_gate else outputs.reshape(
         steps, batch, num_heads, size)
