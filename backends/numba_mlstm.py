@@ -46,6 +46,14 @@ def _gather(source, start, b, head, out, factor):
 
 
 @numba.njit(**JIT)
+def _scatter(block, start, b, head, target, factor):
+    """target[start + t, b, head, :] = factor · block[t, :DH] (`_gather` the other way)."""
+    for t in range(block.shape[0]):
+        for d in range(target.shape[3]):
+            target[start + t, b, head, d] = block[t, d] * factor
+
+
+@numba.njit(**JIT)
 def _forward_pairs(first, last, q, k, v, i_pre, f_pre, valid, has_valid, C_in, n_in, m_in, eps, scale, chunk,
                    h_out, C_out, n_out, m_out, keep, steps, blocks, squares, starts, m_starts):
     """The forward of pairs first … last − 1 (pair = b·NH + head) over every chunk; with `keep`, what the
@@ -109,20 +117,20 @@ def _forward_pairs(first, last, q, k, v, i_pre, f_pre, valid, has_valid, C_in, n
             S = P * D
             SV = numpy.dot(S, V1)
             QC = numpy.zeros((L, DH + 1), dtype) if fresh else numpy.dot(Q, Cn)
+            H = numpy.empty((L, DH), dtype)
             for t in range(L):
                 dot = SV[t, DH] + w[t] * QC[t, DH]
                 normaliser = max(abs(dot), math.exp(-m[t])) + eps
                 inside = valid[start + t, b] if has_valid else True
                 for d in range(DH):
-                    h_t = (SV[t, d] + w[t] * QC[t, d]) / normaliser if inside else 0.0
-                    h_out[start + t, b, head, d] = h_t
-                    if keep:
-                        squares[pair, 0, start + t, d] = h_t
+                    H[t, d] = (SV[t, d] + w[t] * QC[t, d]) / normaliser if inside else 0.0
                 if keep:
-                    squares[pair, 1, start + t] = QC[t]
                     steps[pair, NORMALISER, start + t] = normaliser
                     steps[pair, DOT, start + t] = dot
+            _scatter(H, start, b, head, h_out, 1.0)
             if keep:
+                squares[pair, 0, start:start + L, :DH] = H
+                squares[pair, 1, start:start + L] = QC
                 for t in range(L):
                     steps[pair, M, start + t] = m[t]
                     steps[pair, W, start + t] = w[t]
@@ -179,12 +187,14 @@ def _backward_pairs(first, last, q, k, v, f_pre, valid, has_valid, eps, scale, c
             d_m = numpy.empty(L)
             d_w = numpy.empty(L)
             inside = numpy.ones(L, numpy.bool_)
+            G = numpy.empty((L, DH), dtype)
+            _gather(d_h, start, b, head, G, 1.0)
             for t in range(L):
                 inside[t] = valid[start + t, b] if has_valid else True
                 normaliser = steps[pair, NORMALISER, start + t]
                 dh_h = 0.0
                 for d in range(DH):
-                    g_h = d_h[start + t, b, head, d] if inside[t] else 0.0
+                    g_h = G[t, d] if inside[t] else 0.0
                     dh_h += g_h * squares[pair, 0, start + t, d]
                     d_ext[t, d] = g_h / normaliser
                 dot, m_t = steps[pair, DOT, start + t], steps[pair, M, start + t]
@@ -232,13 +242,9 @@ def _backward_pairs(first, last, q, k, v, f_pre, valid, has_valid, eps, scale, c
                         d_V1[s, d] += D_T * k_dC[s, d]
                     d_D[L - 1, s] += total
                 d_m[L - 1] += dm
-            d_D *= D  # now d log D
-            rows = numpy.zeros(L)
-            columns = numpy.zeros(L)
-            for t in range(L):
-                for s in range(t + 1):
-                    rows[t] += d_D[t, s]
-                    columns[s] += d_D[t, s]
+            d_D *= D  # now d log D (0 above the diagonal)
+            ones = numpy.ones(L, dtype)
+            rows, columns = numpy.dot(d_D, ones), numpy.dot(ones, d_D)
             to_chosen = numpy.zeros(L)
             d_F = numpy.empty(L)
             d_m0 = 0.0
@@ -260,10 +266,9 @@ def _backward_pairs(first, last, q, k, v, f_pre, valid, has_valid, eps, scale, c
                 sigmoid_minus = e / (1.0 + e) if f >= 0 else 1.0 / (1.0 + e)  # σ(−f)
                 d_i[start + t, b, head] = d_i_t if inside[t] else 0.0
                 d_f[start + t, b, head] = tail * sigmoid_minus if inside[t] else 0.0
-                for d in range(DH):
-                    d_q[start + t, b, head, d] = d_Q[t, d]
-                    d_k[start + t, b, head, d] = d_K[t, d] * scale
-                    d_v[start + t, b, head, d] = d_V1[t, d]
+            _scatter(d_Q, start, b, head, d_q, 1.0)
+            _scatter(d_K, start, b, head, d_k, scale)
+            _scatter(d_V1, start, b, head, d_v, 1.0)
             if kept:
                 dCn = d_Cn0 + dCn
                 dm = d_m0 + dm
