@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import xlstm
-from test_mlstm import core_arrays, random_state, zero_state
+from test_mlstm import core_problems, problem_arrays, random_state
 from xlstm.mlstm_parallel import chunkwise_form, parallel_form
 from xlstm.mlstm_recurrent import MLSTMState
 from xlstm_backends import numpy_backend
@@ -19,33 +19,15 @@ pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(name) is None for n
                                 reason="numba or scipy is not installed (the optional 'fast' extra)")
 
 
-@st.composite
-def problems(draw):
-    """A core problem: sizes, lengths or none, a zero or random state, gate scale, a final-state cotangent or
-    none, and a chunk size (the whole window when it is at least T)."""
-    T, B, NH, DH = draw(st.integers(1, 11)), draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 4))
-    return {"sizes": (T, B, NH, DH), "chunk": draw(st.integers(1, 12)), "seed": draw(st.integers(0, 2**32 - 1)),
-            "lengths": draw(st.one_of(st.none(), st.lists(st.integers(0, T), min_size=B, max_size=B))),
-            "state": draw(st.sampled_from(["zero", "random"])), "gate_scale": draw(st.sampled_from([1.0, 4.0, 30.0])),
-            "with_final": draw(st.booleans())}
-
-
 @settings(max_examples=60, deadline=None)
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # exp(−m) of a tiny memory: inf, h̃ = 0
-@given(problem=problems())
-def test_compiled_chunkwise_form_equals_the_generic_one(problem):
-    """Outputs, final state and every gradient within 1e-12 in float64, over chunk boundaries; float32 stays
-    float32 and finite."""
+@given(problem=core_problems(), chunk=st.integers(1, 12))
+def test_compiled_chunkwise_form_equals_the_generic_one(problem, chunk):
+    """Outputs, final state and every gradient within 1e-12 in float64, in chunks of `chunk` steps (the whole
+    window when it is at least T) and in one piece; float32 stays float32 and finite."""
     from xlstm_backends import numba_mlstm
 
-    T, B, NH, DH = problem["sizes"]
-    rng = np.random.default_rng(problem["seed"])
-    arrays = core_arrays(rng, T, B, NH, DH)
-    arrays["i"], arrays["f"] = arrays["i"] * problem["gate_scale"], arrays["f"] * problem["gate_scale"]
-    state = random_state(rng, B, NH, DH) if problem["state"] == "random" else zero_state(B, NH, DH)
-    valid = None if problem["lengths"] is None else (np.arange(T)[:, None] < np.array(problem["lengths"]))[..., None]
-    r_h, r_state = rng.normal(size=(T, B, NH, DH)), random_state(rng, B, NH, DH)
-    chunk = problem["chunk"]
+    arrays, state, valid, r_h, r_state = problem_arrays(problem)
     pairs = [(functools.partial(chunkwise_form, chunk_size=chunk),
               functools.partial(numba_mlstm.chunkwise_form, chunk_size=chunk)),
              (parallel_form, numba_mlstm.parallel_form)]
