@@ -1,5 +1,5 @@
 """The mLSTM's parallel form compiled (the optional `fast` extra: numba): the same numbers as
-xlstm/mlstm_parallel.py (float64 within 1e-12, tests/test_mlstm.py), one compiled call per direction.
+xlstm/mlstm_parallel.py (float64 within 1e-12, tests/test_numba_mlstm.py), one compiled call per direction.
 
 NumPy's fused form (numpy_mlstm.py) spends most of its time in passes over [B, NH, T, T] arrays, each
 a trip through memory and the interpreter. Here each (batch row, head) pair is one unit of work: its
@@ -8,7 +8,8 @@ matrix D, the scores P = Q·Kᵀ, S = P⊙D, the normaliser and h̃ are made in 
 T×T block is in cache, and the products are single-threaded BLAS calls on those blocks (numba's
 np.dot). Pairs never meet, so they are cut into blocks that run on the row threads (`row_threads`,
 XLSTM_THREADS). `chunkwise_form` runs the chunks of a window inside the same call, the state carried in
-the pair's own buffers; `parallel_form` is one chunk of the whole window.
+the pair's own buffers; `parallel_form` is one chunk of the whole window. `unroll` is the whole cell
+(`MLSTMCell.unroll`, form="auto"): per block of batch rows its projection, its pairs and its output gate.
 
 Per step the stabiliser's bookkeeping (F, m, w, the normaliser) is done in float64, whatever the
 dtype; the T×T blocks and the products are in the arrays' dtype. The row maximum is a running maximum
@@ -203,7 +204,7 @@ def _backward_pairs(first, last, q, k, v, f_pre, valid, has_valid, eps, scale, c
                     d_m[t] = 0.0
                 else:
                     d_ext[t, DH] = 0.0
-                    d_m[t] = dh_h / (1.0 + math.exp(m_t + log_eps))  # σ(−m − log eps) = exp(−m)/(exp(−m) + eps)
+                    d_m[t] = dh_h / (1.0 + math.exp(m_t + log_eps))  # σ(−m − log eps): the floor's share
                 d_w_t = 0.0
                 for d in range(DH + 1):
                     d_w_t += d_ext[t, d] * squares[pair, 1, start + t, d]
@@ -331,6 +332,7 @@ class _Core:
                      for n, shape in enumerate(sizes)]
 
     def _rows(self, parts: Any, start: int, stop: int) -> list:
+        """Batch rows start … stop − 1 of each of `parts` (views)."""
         return [part[start:stop] for part in parts]
 
     def forward(self, first: int, last: int, row_start: int, row_stop: int, q: Any, k: Any, v: Any, i_pre: Any,
@@ -358,18 +360,22 @@ class _Core:
                         d_f, *self._rows(self.d_initial, row_start, row_stop))
 
     def final_state(self) -> Any:
+        """The state after the last step (the given state's type)."""
         return type(self.state)(*self.final)
 
     def initial_gradient(self) -> Any:
+        """The initial state's gradient, once `backward` has run on every pair."""
         return type(self.state)(*self.d_initial)
 
 
 def unroll(x: Any, weights: Any, state: Any, valid: Any, eps: float, num_heads: int, output_gate: bool,
            chunk_size: int, with_backward: bool) -> tuple[Any, Any, Callable[..., dict[str, Any]] | None]:
-    """xlstm.MLSTMCell.unroll with form="auto" (time-major x [T, B, I], T ≥ 1, chunks of chunk_size): per block of batch rows, on the
-    row threads, the rows' projection [1, x]·Wᵀ (one single-threaded BLAS product), the chunkwise parallel form
-    of their pairs and the output gate; the backward likewise, its gradients written into the rows' [T, b, rows]
-    pre-activation gradient and projected back with two products. Returns (outputs, final_state, backward)."""
+    """xlstm.MLSTMCell.unroll with form="auto" (time-major x [T, B, I], T ≥ 1, chunks of chunk_size steps).
+
+    Per block of batch rows, on the row threads: the rows' projection [1, x]·Wᵀ (one single-threaded BLAS
+    product), the chunkwise parallel form of their pairs and the output gate; the backward likewise, its
+    gradients written into the rows' [T, b, rows] pre-activation gradient (no concatenation) and projected back
+    with two products. Returns (outputs [T, B, H], final_state, backward or None)."""
     steps, batch, input_size = x.shape
     dtype, rows = weights.dtype, weights.shape[0]
     units = (rows - 2 * num_heads) // (4 if output_gate else 3)
