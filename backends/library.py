@@ -90,7 +90,8 @@ class Library:
 
     def mlstm_kernels(self) -> Any:
         """A module whose `parallel_form` equals xlstm/mlstm_parallel.py's (same arguments and results) for this
-        library, or None (the generic array-API code)."""
+        library, or None (the generic array-API code). It may also have `unroll(x, weights, state, valid, eps,
+        num_heads, output_gate, chunk_size, with_backward)`, the whole `MLSTMCell.unroll` for form="auto"."""
         return None
 
     def slstm_kernels(self) -> Any:

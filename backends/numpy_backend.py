@@ -93,10 +93,9 @@ class NumpyLibrary(Library):
         return _by_choice("numba_training", None)
 
     def mlstm_kernels(self) -> Any:
-        """The mLSTM's parallel form in NumPy with a running row maximum (backends/numpy_mlstm.py)."""
-        from xlstm_backends import numpy_mlstm
-
-        return numpy_mlstm
+        """The compiled mLSTM parallel form with the `fast` extra (backends/numba_mlstm.py), else NumPy's with a
+        running row maximum (backends/numpy_mlstm.py); XLSTM_KERNELS picks as for `lstm_kernels`."""
+        return _by_choice("numba_mlstm", "numpy_mlstm")
 
     def slstm_kernels(self) -> Any:
         """The sLSTM's compiled time loop with the `fast` extra (unless XLSTM_KERNELS=numpy), else None (the generic

@@ -382,18 +382,23 @@ def core_problems(draw):
             "with_final": draw(st.booleans())}
 
 
-@settings(max_examples=60, deadline=None)
-@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # exp(−m) of a tiny memory: inf, h̃ = 0
-@given(problem=core_problems())
-def test_numpy_kernel_equals_the_generic_parallel_form(problem):
-    """Outputs, final state and every gradient within 1e-12 in float64 (and float32 stays float32)."""
+def problem_arrays(problem: dict) -> tuple:
+    """(arrays, initial state, valid or None, a random d_h, a random d_final) of a `core_problems` draw."""
     T, B, NH, DH = problem["sizes"]
     rng = np.random.default_rng(problem["seed"])
     arrays = core_arrays(rng, T, B, NH, DH)
     arrays["i"], arrays["f"] = arrays["i"] * problem["gate_scale"], arrays["f"] * problem["gate_scale"]
     state = random_state(rng, B, NH, DH) if problem["state"] == "random" else zero_state(B, NH, DH)
     valid = None if problem["lengths"] is None else (np.arange(T)[:, None] < np.array(problem["lengths"]))[..., None]
-    r_h, r_state = rng.normal(size=(T, B, NH, DH)), random_state(rng, B, NH, DH)
+    return arrays, state, valid, rng.normal(size=(T, B, NH, DH)), random_state(rng, B, NH, DH)
+
+
+@settings(max_examples=60, deadline=None)
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # exp(−m) of a tiny memory: inf, h̃ = 0
+@given(problem=core_problems())
+def test_numpy_kernel_equals_the_generic_parallel_form(problem):
+    """Outputs, final state and every gradient within 1e-12 in float64 (and float32 stays float32)."""
+    arrays, state, valid, r_h, r_state = problem_arrays(problem)
     results = []
     for form in (parallel_form, numpy_mlstm.parallel_form):
         h, final, backward = form(*(arrays[name] for name in ("q", "k", "v", "i", "f")), state, valid, 1e-6, True)

@@ -125,6 +125,10 @@ class MLSTMCell(RecurrentCell):
     def unroll(self, x: Any, state: MLSTMState, valid: Any, with_backward: bool) -> Unrolling:
         xp = namespace_of(x=x, weights=self.weights)
         steps, batch, units, heads = x.shape[0], x.shape[1], self.num_units, self.num_heads
+        kernels = self.backend.library.mlstm_kernels()
+        if self.form == "auto" and steps > 0 and hasattr(kernels, "unroll"):  # the backend runs the whole cell
+            return Unrolling(*kernels.unroll(x, self.weights, state, valid, self.eps, heads, self.output_gate,
+                                             CHUNK_SIZE, with_backward))
         ones = xp.ones((steps * batch, 1), dtype=x.dtype, device=device_of(x))
         x_flat = xp.concat([ones, xp.reshape(x, (steps * batch, self.input_size))], axis=1)  # [1, x_t]
         # Every pre-activation of every step, bias included, in one [T·B, 1 + I] × [1 + I, rows] matmul.
