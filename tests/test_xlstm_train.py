@@ -53,11 +53,15 @@ def test_resume_equals_uninterrupted_run_and_samples(text_file, tmp_path, capsys
 
 @pytest.mark.parametrize("cell", ["slstm", "mlstm"])
 def test_learns_a_repeated_sentence(tmp_path, cell):
-    """Validation bits per character fall far below the unigram entropy (~4.2 bits)."""
+    """Validation bits per character fall far below the unigram entropy (~4.2 bits).
+
+    Short runs are chaotic in float32 rounding (150 steps at 0.02 ended between 0.4 and 2.3 bits with
+    the chunk size alone changed), so this one is long and gentle enough to end far below the bound
+    for any seed: seeds 0-5 gave at most 0.62 bits (mLSTM) and 0.04 (sLSTM) against the bound's 1.1."""
     entropy = -sum(n / len(TEXT) * math.log2(n / len(TEXT)) for n in Counter(TEXT).values())
-    config = TrainConfig(steps=150, batch_size=4, window=16, embedding_size=8, hidden_size=32, num_heads=4,
-                         num_layers=1, cell=cell, validation_fraction=0.1, learning_rate=0.02, eval_every=150,
-                         checkpoint_every=150)
+    config = TrainConfig(steps=400, batch_size=4, window=16, embedding_size=8, hidden_size=32, num_heads=4,
+                         num_layers=1, cell=cell, validation_fraction=0.1, learning_rate=0.01, eval_every=400,
+                         checkpoint_every=400)
     result = train(TEXT, config, tmp_path / "run", write=lambda line: None, progress=False)
     assert result.validation_loss / math.log(2) < entropy / 4, (result.validation_loss, entropy)
 
