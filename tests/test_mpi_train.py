@@ -183,3 +183,16 @@ def rank_pid(marker: str, rank: int) -> int:
         if wanted <= variables and b"python" in (entry / "cmdline").read_bytes():
             return int(entry.name)
     raise AssertionError(f"no process of rank {rank} found")
+
+
+def test_an_xlstm_stack_on_two_ranks_gives_the_losses_of_one_process(text, tmp_path) -> None:
+    """An mLSTM under an sLSTM (their states are split by rows and gathered like the LSTM's), float64."""
+    cells = ["--cell", "mlstm,slstm", "--num-heads", "2", "--dropout-keep-prob", "1.0", "--steps", "6"]
+    assert main(["train", "--text", str(text), "--out", str(tmp_path / "one"), *FLAGS, *cells]) == 0
+    done = launch(2, text, tmp_path / "two", *cells)
+    assert done.returncode == 0, done.stderr
+    assert_same_losses(losses(tmp_path / "two"), losses(tmp_path / "one"))
+    one, two = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "two")
+    for mine, theirs in zip(one.carried_state, two.carried_state, strict=True):
+        for a, b in zip(mine, theirs, strict=True):
+            assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
