@@ -24,7 +24,11 @@ pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(name) is None for n
 @given(problem=core_problems(), chunk=st.integers(1, 12))
 def test_compiled_chunkwise_form_equals_the_generic_one(problem, chunk):
     """Outputs, final state and every gradient within 1e-12 in float64, in chunks of `chunk` steps (the whole
-    window when it is at least T) and in one piece; float32 stays float32 and finite."""
+    window when it is at least T) and in one piece; float32 stays float32 and finite.
+
+    With gate pre-activations of ±30 the normaliser qᵀn can be a near-cancelling sum of terms e^30 apart,
+    and the two codes sum in different orders: a fresh clone's hypothesis run found h off by 5e-11
+    relative there (chunks of 1). Those problems are held to 1e-9."""
     from xlstm_backends import numba_mlstm
 
     arrays, state, valid, r_h, r_state = problem_arrays(problem)
@@ -39,7 +43,8 @@ def test_compiled_chunkwise_form_equals_the_generic_one(problem, chunk):
             results.append([h, *final, *(grads[name] for name in "qkvif"), *grads["initial_state"]])
         for generic, compiled in zip(*results):
             assert compiled.shape == generic.shape and compiled.dtype == generic.dtype
-            np.testing.assert_allclose(compiled, generic, rtol=1e-12, atol=1e-12)
+            tolerance = 1e-12 if problem["gate_scale"] < 10 else 1e-9
+            np.testing.assert_allclose(compiled, generic, rtol=tolerance, atol=tolerance)
     as_float32 = {name: a.astype(np.float32) for name, a in arrays.items()}
     h, final, backward = numba_mlstm.chunkwise_form(*(as_float32[name] for name in "qkvif"),
                                                     MLSTMState(*(a.astype(np.float32) for a in state)), valid, 1e-6,
