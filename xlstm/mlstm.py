@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from xlstm_backends import Backend
 from xlstm import init
-from xlstm.checks import check_bool, check_positive_int, device_of, namespace_of
+from xlstm.checks import check_bool, device_of, namespace_of
 from xlstm.functional import sigmoid
 from xlstm.mlstm_parallel import chunkwise_form, parallel_form
 from xlstm.mlstm_recurrent import MLSTMState, recurrent_form
@@ -58,9 +58,7 @@ class MLSTMCell(RecurrentCell):
         device: Any = None,
     ) -> None:
         self._set_up(num_units, input_size, dtype, backend, device, weights)
-        self.num_heads = check_positive_int("num_heads", num_heads)
-        if self.num_units % self.num_heads:
-            raise ValueError(f"num_heads must divide num_units {self.num_units}, got {self.num_heads}")
+        self._set_heads(num_heads)
         self.output_gate = check_bool("output_gate", output_gate)
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < math.inf:
             raise ValueError(f"eps must be a positive finite number, got {eps!r}")
@@ -80,10 +78,6 @@ class MLSTMCell(RecurrentCell):
     def num_rows(self) -> int:
         """Rows of the fused weights: q, k, v (H each), ĩ, f̃ (NH each), o (H, with the output gate)."""
         return 3 * self.num_units + 2 * self.num_heads + (self.num_units if self.output_gate else 0)
-
-    @property
-    def head_size(self) -> int:
-        return self.num_units // self.num_heads
 
     def _initial_weights(self, shape: tuple[int, int], initializer: Any, bias_initializer: Any,
                          seed: int | None) -> Any:

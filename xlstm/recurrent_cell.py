@@ -49,6 +49,13 @@ class RecurrentCell:
         self.training = True
         self.dropout_rows: tuple[slice, int] | None = None  # no dropout here; kept for the stacks' interface
 
+    def _set_heads(self, num_heads: int) -> None:
+        """The units split into `num_heads` heads of head_size = num_units / num_heads each."""
+        self.num_heads = check_positive_int("num_heads", num_heads)
+        if self.num_units % self.num_heads:
+            raise ValueError(f"num_heads must divide num_units {self.num_units}, got {self.num_heads}")
+        self.head_size = self.num_units // self.num_heads
+
     def parameter(self, name: str, value: Any, shape: tuple[int, ...], what: str) -> Any:
         """A given parameter moved onto the cell's backend and dtype, its shape checked."""
         array = asarray(value, dtype=self.dtype, backend=self.backend)

@@ -8,7 +8,7 @@ from xlstm_backends import asarray, library_of
 from xlstm.cell import LSTMCell, LSTMState, lstm_step
 from xlstm.cell_grad import lstm_step_vjp
 from xlstm.checks import check_integer, check_no_booleans, check_range, check_shape, device_of, namespace_of
-from xlstm.recurrent_cell import RecurrentCell
+from xlstm.recurrent_cell import RecurrentCell, Unrolling
 from xlstm.stack import MultiRNNCell
 from xlstm.table_rows import LookedUp, TableRows, look_up, table_gradient
 
@@ -267,7 +267,7 @@ def _backpropagate(cell: LSTMCell, run: Unrolled, d_outputs: Any, d_final_state:
     return result
 
 
-def _checked_cotangent(name: str, d_outputs: Any, run: Unrolled | Any, time_major: bool) -> Any:
+def _checked_cotangent(name: str, d_outputs: Any, run: Unrolled | Unrolling, time_major: bool) -> Any:
     """d_outputs as a time-major [T, B, H] array of the outputs' backend and dtype, or None."""
     if d_outputs is None:
         return None

@@ -30,7 +30,7 @@ import math
 from typing import Any, NamedTuple
 
 from xlstm_backends import Backend
-from xlstm.checks import check_positive_int, device_of, namespace_of
+from xlstm.checks import device_of, namespace_of
 from xlstm.functional import sigmoid
 from xlstm.recurrent_cell import RecurrentCell, Unrolling, carry
 
@@ -137,10 +137,7 @@ class SLSTMCell(RecurrentCell):
     ) -> None:
         self._set_up(num_units, input_size, dtype, backend, device,
                      weights if weights is not None else recurrent_weights)
-        self.num_heads = check_positive_int("num_heads", num_heads)
-        if self.num_units % self.num_heads:
-            raise ValueError(f"num_heads must divide num_units {self.num_units}, got {self.num_heads}")
-        self.head_size = self.num_units // self.num_heads
+        self._set_heads(num_heads)
         self.seed = seed
         stream = self.backend.random(seed, stream=0)
         H, I, NH, DH = self.num_units, self.input_size, self.num_heads, self.head_size
