@@ -155,8 +155,6 @@ class LSTMCell:
         self.training = True  # dropout applies only while training; see train()/eval()
         self.seed = seed
         self.backend = get_backend(backend, device)
-        weights_init = init.resolve("initializer", initializer, init.glorot_uniform())
-        bias_init = init.resolve("bias_initializer", bias_initializer, init.constant(0.0))
         shape = (4 * num_units, 1 + input_size + num_units)
         if weights is not None:
             self.dtype = self.backend.resolve_dtype(dtype, _float_dtype_name(weights))
@@ -164,11 +162,8 @@ class LSTMCell:
             check_shape("weights", self.weights, shape, "[4H, 1 + I + H]")
         else:
             self.dtype = self.backend.resolve_dtype(dtype)
-            stream = self.backend.random(seed, stream=0)
-            self.weights = self.backend.xp.concat(
-                [bias_init((shape[0], 1), self.dtype, stream), weights_init((shape[0], shape[1] - 1), self.dtype, stream)],
-                axis=1,
-            )
+            self.weights = init.fused_weights(shape, initializer, bias_initializer, self.dtype,
+                                              self.backend.random(seed, stream=0))
         if self.layer_norm:
             self.norm_gain = self._norm_parameter("norm_gain", norm_gain)
             self.norm_shift = self._norm_parameter("norm_shift", norm_shift)

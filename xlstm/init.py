@@ -118,3 +118,14 @@ def resolve(name: str, spec: Any, default: Initializer) -> Initializer:
     raise ValueError(
         f"{name} must be a float, an xlstm.init initializer or one of {sorted(FACTORIES)}, got {spec!r}"
     )
+
+
+def fused_weights(shape: tuple[int, int], initializer: Any, bias_initializer: Any, dtype: Any,
+                  stream: RandomStream) -> Any:
+    """A fused weight matrix [rows, 1 + inputs], the article's layout: column 0 (the bias) from
+    `bias_initializer` (default 0.0), the other columns from `initializer` (default glorot_uniform)."""
+    bias_init = resolve("bias_initializer", bias_initializer, constant(0.0))
+    weights_init = resolve("initializer", initializer, glorot_uniform())
+    rows, columns = shape
+    return stream.backend.xp.concat([bias_init((rows, 1), dtype, stream), weights_init((rows, columns - 1), dtype, stream)],
+                                    axis=1)

@@ -83,14 +83,12 @@ class MLSTMCell(RecurrentCell):
                          seed: int | None) -> Any:
         """Input columns from `initializer` (glorot_uniform), the bias column from `bias_initializer`, except the
         forget gates' biases: linspace(3, 6) over the heads, as the reference starts them (memory kept early on)."""
-        xp, stream = self.backend.xp, self.backend.random(seed, stream=0)
-        weights_init = init.resolve("initializer", initializer, init.glorot_uniform())
-        bias_init = init.resolve("bias_initializer", bias_initializer, init.constant(0.0))
-        bias = bias_init((shape[0], 1), self.dtype, stream)
+        xp = self.backend.xp
+        weights = init.fused_weights(shape, initializer, bias_initializer, self.dtype, self.backend.random(seed, stream=0))
         forget = 3 * self.num_units + self.num_heads
         forget_bias = xp.linspace(3.0, 6.0, self.num_heads, dtype=self.dtype, device=self.backend.device)
-        bias = xp.concat([bias[:forget, :], forget_bias[:, None], bias[forget + self.num_heads:, :]], axis=0)
-        return xp.concat([bias, weights_init((shape[0], shape[1] - 1), self.dtype, stream)], axis=1)
+        bias = xp.concat([weights[:forget, :1], forget_bias[:, None], weights[forget + self.num_heads:, :1]], axis=0)
+        return xp.concat([bias, weights[:, 1:]], axis=1)
 
     def state_shapes(self, batch_size: int | None) -> MLSTMState:
         lead = () if batch_size is None else (batch_size,)
