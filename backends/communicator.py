@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -18,6 +19,7 @@ from typing import Any, Iterator
 # MPICH's and Intel MPI's hydra (and Slurm's PMI), Open MPI, MVAPICH.
 LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 INSTALL_HINT = "pip install 'xlstm-array[mpi]'"
+ABORT_GRACE_SECONDS = 0.5  # between a failing rank's message and the abort, for the launcher to relay it
 
 
 class CommunicatorError(RuntimeError):
@@ -100,20 +102,25 @@ def ending_every_rank_on_error(communicator: Communicator) -> Iterator[None]:
     except SystemExit as exit:
         if communicator.size == 1 or not exit.code:
             raise
-        if not isinstance(exit.code, int):
-            print(exit.code, file=sys.stderr)
-        _abort(communicator, exit.code if isinstance(exit.code, int) else 1)
+        message = "" if isinstance(exit.code, int) else f"{exit.code}\n"
+        _abort(communicator, exit.code if isinstance(exit.code, int) else 1, message)
         raise
     except BaseException:
         if communicator.size == 1:
             raise
-        traceback.print_exc()
-        _abort(communicator, 1)
+        _abort(communicator, 1, traceback.format_exc())
         raise
 
 
-def _abort(communicator: Communicator, exit_code: int) -> None:
+def _abort(communicator: Communicator, exit_code: int, message: str) -> None:
+    """Say why in one write, give the launcher a moment to forward it, then end every rank.
+
+    The launcher relays each rank's stderr as it arrives and drops what it has not relayed when the job
+    is torn down: a traceback printed line by line once reached the user as its first line only."""
+    sys.stderr.write(message)
     sys.stderr.flush()
+    if message:
+        time.sleep(ABORT_GRACE_SECONDS)
     communicator.abort(exit_code)
 
 
